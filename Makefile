@@ -1,0 +1,43 @@
+# make run · make test · make bench · make lint — each works as the first command on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PORT   ?= 8888
+ARGS   ?=
+
+.PHONY: run test bench lint venv clean system-deps
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23"
+
+# One stamp per extra set: re-installs only when setup.cfg changes.
+.make-run.stamp: setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+.make-test.stamp: setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: .make-test.stamp
+
+run: .make-run.stamp
+	$(PY) -m server --port $(PORT) $(ARGS)
+
+test: .make-test.stamp
+	$(PY) -m pytest $(ARGS)
+
+bench: .make-test.stamp
+	$(PY) -m bench.suite $(ARGS)
+
+lint: .make-test.stamp
+	$(PY) -m compileall -q server handlers bench tests
+
+# Debian packages the full test suite drives (CI installs them; root only).
+system-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk
+
+clean:
+	rm -rf $(VENV) .make-*.stamp .pytest_cache

@@ -1,0 +1,1 @@
+"""HTTP handlers: thin RequestHandler subclasses that parse, call a service and render."""

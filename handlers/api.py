@@ -1,0 +1,108 @@
+"""The JSON REST API: greetings, echo, slow I/O, CPU work off the loop, outbound fan-out."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from tornado.web import url
+
+from server.services import Invalid, Unavailable
+
+from .base import ApiError, ApiHandler
+from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn,
+                      HelloOut, SlowOut)
+
+
+class HelloApiHandler(ApiHandler):
+    """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
+
+    async def get(self, name: str | None = None) -> None:
+        self.write_model(HelloOut(message=self._greet(name)))
+
+    async def post(self) -> None:
+        body = self.parse_model(HelloIn)
+        self.write_model(HelloOut(message=self._greet(body.name)))
+
+    def _greet(self, name: str | None) -> str:
+        try:
+            return self.services.greeting.greet(name)
+        except Invalid as exc:
+            raise ApiError(422, exc.message, field=exc.field) from None
+
+
+class EchoHandler(ApiHandler):
+    """POST /api/echo: answer with the JSON document that was sent (size-limited)."""
+
+    async def post(self) -> None:
+        self.write_json(self.json_body())
+
+
+class SlowHandler(ApiHandler):
+    """GET /api/slow?ms=N: wait N ms without blocking the event loop."""
+
+    async def get(self) -> None:
+        raw = self.get_query_argument("ms", None)
+        limit = self.config.slow_max_ms
+        if raw is None:
+            raise ApiError(422, "ms: required", field="ms")
+        if not raw.isdigit() or int(raw) > limit:
+            raise ApiError(422, f"ms: must be a whole number from 0 to {limit}", field="ms")
+        requested = int(raw)
+        started = time.perf_counter()
+        await asyncio.sleep(requested / 1000)
+        waited = (time.perf_counter() - started) * 1000
+        self.write_model(SlowOut(requested_ms=requested, waited_ms=round(waited, 3)))
+
+
+class ComputeHandler(ApiHandler):
+    """POST /api/compute {"n": ...}: count primes ≤ n in the worker pool."""
+
+    async def post(self) -> None:
+        body = self.parse_model(ComputeIn)
+        try:
+            result = await self.services.compute.count_primes(body.n)
+        except Invalid as exc:
+            raise ApiError(422, exc.message, field=exc.field) from None
+        except Unavailable as exc:
+            raise ApiError(503, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+        self.write_model(ComputeOut(n=result.n, primes=result.primes,
+                                    elapsed_ms=round(result.elapsed_ms, 3),
+                                    cpu_ms=round(result.cpu_ms, 3)))
+
+
+class FetchHandler(ApiHandler):
+    """POST /api/fetch {"urls": [...], "method": "GET"|"HEAD"}: fetch all concurrently."""
+
+    async def post(self) -> None:
+        body = self.parse_model(FetchIn)
+        started = time.perf_counter()
+        try:
+            results = await self.services.outbound.fetch_all(body.urls, body.method)
+        except Invalid as exc:
+            raise ApiError(422, exc.message, field=exc.field) from None
+        self.write_model(FetchOut(
+            results=[FetchResultOut(**dataclasses.asdict(r)) for r in results],
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3)))
+
+
+class ApiNotFoundHandler(ApiHandler):
+    """Any other /api/ path: a JSON 404 for every method."""
+
+    SUPPORTED_METHODS = ApiHandler.SUPPORTED_METHODS
+
+    def prepare(self) -> None:
+        raise ApiError(404, f"no API route {self.request.path}")
+
+
+default_handlers = [
+    url(r"/api/hello", HelloApiHandler, name="api-hello"),
+    url(r"/api/hello/([^/]+)", HelloApiHandler, name="api-hello-name"),
+    url(r"/api/echo", EchoHandler, name="api-echo"),
+    url(r"/api/slow", SlowHandler, name="api-slow"),
+    url(r"/api/compute", ComputeHandler, name="api-compute"),
+    url(r"/api/fetch", FetchHandler, name="api-fetch"),
+]
+
+# mounted last by make_app, after every other /api/ route
+not_found_handlers = [url(r"/api(?:/.*)?", ApiNotFoundHandler, name="api-not-found")]

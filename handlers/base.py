@@ -1,0 +1,195 @@
+"""BaseHandler, PageHandler and ApiHandler: the one place for errors, JSON and shared state."""
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any, Mapping, TypeVar
+
+import pydantic
+import tornado.web
+from tornado import httputil
+
+from server import __version__
+from server.config import Settings
+from server.services import Services
+from server.state import ServerState
+
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+JSON_TYPES = ("application/json",)
+
+
+class ApiError(tornado.web.HTTPError):
+    """An HTTP error whose message is safe to show the client (and names the field at fault)."""
+
+    def __init__(self, status_code: int, message: str, field: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status_code, "%s", message)
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+
+def client_message(status_code: int, exc: BaseException | None) -> str:
+    """The message a client may see for an error: never exception text of a server fault."""
+    if isinstance(exc, ApiError):
+        return exc.message
+    if isinstance(exc, tornado.web.HTTPError) and status_code < 500 and exc.log_message:
+        # Tornado's own 4xx messages ("Missing argument x", "'_xsrf' argument missing") are for clients
+        return exc.log_message % exc.args if exc.args else exc.log_message
+    return httputil.responses.get(status_code, "Unknown error")
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Typed access to the server's settings, services and state; common headers."""
+
+    @property
+    def config(self) -> Settings:
+        """The validated server settings."""
+        return self.application.settings["config"]
+
+    @property
+    def services(self) -> Services:
+        """The opened services (greeting, compute, outbound, ...)."""
+        return self.application.settings["services"]
+
+    @property
+    def server_state(self) -> ServerState:
+        """Mutable runtime state of this server process (draining, requests in flight)."""
+        return self.application.settings["state"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Server", f"tornado-hps/{__version__}")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        if self.server_state.draining:
+            # tell keep-alive clients to reconnect elsewhere: this process is going away
+            self.set_header("Connection", "close")
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler class implements."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+
+
+class PageHandler(BaseHandler):
+    """A handler that renders HTML pages; errors become a styled page."""
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace["version"] = __version__
+        namespace["tornado_version"] = tornado.version
+        namespace["files_enabled"] = self.config.files is not None
+        return namespace
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        details = None
+        if self.settings.get("serve_traceback") and exc_info:
+            details = "".join(traceback.format_exception(*exc_info))
+        self.render("error.html", status_code=status_code,
+                    reason=httputil.responses.get(status_code, "Error"),
+                    message=client_message(status_code, exc), details=details)
+
+
+class ApiHandler(BaseHandler):
+    """A JSON API handler: JSON bodies in, JSON out, JSON errors, a cap on requests in flight."""
+
+    _holds_slot = False
+
+    def check_xsrf_cookie(self) -> None:
+        # API bodies must be application/json, which a cross-site HTML form cannot send
+        return None
+
+    def prepare(self) -> None:
+        super().prepare()
+        state = self.server_state
+        if state.api_in_flight >= self.config.max_concurrency:
+            raise ApiError(503, f"server busy: {state.api_in_flight} API requests in flight; "
+                           "retry shortly", headers={"Retry-After": "1"})
+        state.api_in_flight += 1
+        self._holds_slot = True
+
+    def on_finish(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.server_state.api_in_flight -= 1
+
+    def write_json(self, document: Any, status: int = 200) -> None:
+        """Finish with any JSON document (lists and scalars included, unlike write())."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode())
+
+    def write_model(self, model: pydantic.BaseModel, status: int = 200) -> None:
+        """Finish with a response model serialised as JSON."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(model.__pydantic_serializer__.to_json(model))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        error: dict[str, Any] = {"status": status_code, "message": client_message(status_code, exc)}
+        if isinstance(exc, ApiError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            if exc.field:
+                error["field"] = exc.field
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.write_json({"error": error}, status_code)
+
+    def require_json_body(self) -> bytes:
+        """The raw body, after checking it is declared as JSON (415 otherwise)."""
+        content_type = self.request.headers.get("Content-Type", "")
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'")
+        return self.request.body
+
+    def json_body(self) -> Any:
+        """The body parsed as any JSON document (400 when it is not valid JSON)."""
+        body = self.require_json_body()
+        try:
+            return json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"malformed JSON: {_json_problem(exc)}") from None
+
+    def parse_model(self, model: type[ModelT]) -> ModelT:
+        """The body validated against a request model: 400 for bad JSON, 422 naming the field."""
+        body = self.require_json_body()
+        try:
+            return model.model_validate_json(body)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc) from None
+
+
+def validation_error(exc: pydantic.ValidationError) -> ApiError:
+    """Map the first problem pydantic found to a 400 (not JSON) or a 422 (wrong field)."""
+    first = exc.errors(include_url=False, include_context=False)[0]
+    if first["type"] == "json_invalid":
+        return ApiError(400, f"malformed JSON: {first['msg'].removeprefix('Invalid JSON: ')}")
+    field = ".".join(str(part) for part in first["loc"])
+    if not field:
+        return ApiError(422, "the body must be a JSON object", field="body")
+    message = first["msg"]
+    if first["type"] == "missing":
+        message = "required"
+    elif first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return ApiError(422, f"{field}: {message}", field=field)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)

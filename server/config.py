@@ -1,0 +1,284 @@
+"""One Settings object for the whole server: command line > environment (SERVER_*) > defaults."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+ENV_PREFIX = "SERVER_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+# --- value parsers: each takes the text a user typed and returns the value or raises ValueError ---
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as 65536, 64K, 1MiB or 2g (binary units) into bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use bytes or a K/M/G suffix)")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def parse_port(text: str) -> int:
+    """Parse a TCP port number, 0 meaning 'any free port'."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def parse_optional_port(text: str) -> int | None:
+    """Parse a port that may be switched off with 'off' or an empty value."""
+    if str(text).strip().lower() in ("", "off", "none", "no"):
+        return None
+    return parse_port(text)
+
+
+def parse_seconds(text: str) -> float:
+    """Parse a non-negative duration in seconds (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"must be a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def parse_positive_seconds(text: str) -> float:
+    """Parse a duration in seconds that must be greater than zero."""
+    value = parse_seconds(text)
+    if value == 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    """Parse a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """Parse a yes/no value as written in an environment variable."""
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
+def parse_host_list(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of host names or IP addresses."""
+    return tuple(part.strip().lower() for part in str(text).split(",") if part.strip())
+
+
+def parse_existing_dir(text: str) -> Path | None:
+    """Parse a directory that must exist; empty or 'off' switches the feature off."""
+    if str(text).strip().lower() in ("", "off", "none"):
+        return None
+    path = Path(text).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"no such directory: {text}")
+    return path
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """Build a parser that accepts one of a fixed set of words."""
+    def parse(text: str) -> str:
+        lowered = str(text).strip().lower()
+        if lowered not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {text!r}")
+        return lowered
+    parse.options = options  # type: ignore[attr-defined]
+    return parse
+
+
+def setting(default: Any, help: str, parse: Callable[[str], Any], group: str,
+            metavar: str | None = None) -> Any:
+    """Declare one setting: its default, help text, parser and --help group."""
+    return field(default=default, metadata={"help": help, "parse": parse, "group": group,
+                                            "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server, each with a default, a help text and an environment variable."""
+
+    # HTTP listener
+    address: str = setting("127.0.0.1", "address to listen on (0.0.0.0 or :: for every interface)",
+                           str, "http", "ADDR")
+    port: int = setting(8888, "HTTP port (0 picks a free port)", parse_port, "http", "PORT")
+    backlog: int = setting(2048, "listen backlog (pending connections the kernel queues)",
+                           parse_positive_int, "http", "N")
+    idle_timeout: float = setting(75.0, "seconds a keep-alive connection may wait for its next "
+                                  "complete request head; also bounds slow headers",
+                                  parse_positive_seconds, "http", "SECONDS")
+    body_timeout: float = setting(60.0, "seconds a request body may take to arrive",
+                                  parse_positive_seconds, "http", "SECONDS")
+    max_header_size: int = setting(64 * 1024, "largest request head accepted (bytes, K/M suffix)",
+                                   parse_size, "http", "SIZE")
+    max_body_size: int = setting(1024 * 1024, "largest request body accepted; larger gets 413",
+                                 parse_size, "http", "SIZE")
+    max_concurrency: int = setting(10_000, "API requests in flight at once; beyond it 503 with "
+                                   "Retry-After", parse_positive_int, "http", "N")
+    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM",
+                                      parse_seconds, "http", "SECONDS")
+    drain_grace: float = setting(0.0, "seconds between /readyz turning 503 and closing the "
+                                 "listener on SIGTERM (lets a load balancer notice)",
+                                 parse_seconds, "http", "SECONDS")
+    files: Path | None = setting(None, "serve this directory read-only at /files/ (off by default)",
+                                 parse_existing_dir, "http", "DIR")
+    cookie_secret: str | None = setting(None, "secret that signs cookies and XSRF tokens "
+                                        "(random per start when unset)", str, "http", "SECRET")
+
+    # process
+    debug: bool = setting(False, "debug mode: tracebacks on error pages, template reloading",
+                          parse_bool, "process")
+    log_level: str = setting("info", "log level", choice("debug", "info", "warning", "error"),
+                             "process", "LEVEL")
+    loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
+                        "process", "LOOP")
+
+    # TCP greeting service
+    tcp_port: int | None = setting(None, "port of the TCP greeting service (off by default)",
+                                   parse_optional_port, "tcp", "PORT")
+    tcp_max_line: int = setting(4096, "longest line the TCP service accepts (bytes)",
+                                parse_size, "tcp", "SIZE")
+    tcp_idle_timeout: float = setting(300.0, "seconds a TCP client may stay silent",
+                                      parse_positive_seconds, "tcp", "SECONDS")
+
+    # API limits
+    max_name_length: int = setting(64, "longest name a greeting accepts (characters)",
+                                   parse_positive_int, "api", "N")
+    slow_max_ms: int = setting(30_000, "largest ms /api/slow accepts", parse_positive_int, "api", "MS")
+    compute_workers: int = setting(max(1, os.cpu_count() or 1), "processes running /api/compute jobs",
+                                   parse_positive_int, "api", "N")
+    compute_max_n: int = setting(20_000_000, "largest n /api/compute accepts",
+                                 parse_positive_int, "api", "N")
+    compute_max_pending: int = setting(64, "compute jobs running or queued at once; beyond it 503",
+                                       parse_positive_int, "api", "N")
+
+    # outbound HTTP (/api/fetch)
+    outbound_max_clients: int = setting(64, "outbound requests in flight at once (whole server)",
+                                        parse_positive_int, "outbound", "N")
+    outbound_timeout: float = setting(10.0, "seconds one outbound request may take",
+                                      parse_positive_seconds, "outbound", "SECONDS")
+    outbound_allow: tuple[str, ...] = setting((), "hosts that may be fetched even though they "
+                                              "resolve to loopback/private addresses (comma list)",
+                                              parse_host_list, "outbound", "HOSTS")
+    outbound_max_urls: int = setting(20, "URLs one /api/fetch request may list",
+                                     parse_positive_int, "outbound", "N")
+    outbound_max_bytes: int = setting(1024 * 1024, "largest outbound response body read (bytes)",
+                                      parse_size, "outbound", "SIZE")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """Return a copy with some settings changed (values already parsed)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def url(self) -> str:
+        """The base URL people should open (for the configured port)."""
+        host = "localhost" if self.address in ("", "0.0.0.0", "::") else self.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+
+_GROUP_TITLES = {
+    "http": "HTTP listener",
+    "process": "process",
+    "tcp": "TCP greeting service (seed 000)",
+    "api": "API limits",
+    "outbound": "outbound HTTP (/api/fetch)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one option per Settings field, grouped, with defaults and env names."""
+    parser = _Parser(
+        prog="python -m server",
+        description="A high-performance asynchronous web server on Tornado.",
+        epilog=f"Every option can also be set by an environment variable {ENV_PREFIX}<NAME> "
+               f"(for example {ENV_PREFIX}PORT=8080); the command line wins.",
+    )
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = "off" if shown is None or shown == "" else shown
+        help_text = f"{meta['help']} [default: {shown}; env {_env_name(f.name)}]"
+        if meta["parse"] is parse_bool:
+            groups[meta["group"]].add_argument(
+                _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text)
+        else:
+            groups[meta["group"]].add_argument(
+                _flag(f.name), dest=f.name, default=None, metavar=meta["metavar"],
+                help=help_text)
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the command line and environment into validated Settings, or raise ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        parse = f.metadata["parse"]
+        given = getattr(args, f.name)
+        if given is not None:
+            source, raw = _flag(f.name), given
+        elif _env_name(f.name) in environ:
+            source, raw = _env_name(f.name), environ[_env_name(f.name)]
+        else:
+            continue
+        if isinstance(raw, bool):
+            values[f.name] = raw
+            continue
+        try:
+            values[f.name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,140 @@
+"""Tornado's HTTPServer plus what production needs: early 413s and a graceful drain."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+from tornado import httputil, iostream
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
+from tornado.httpserver import HTTPServer
+
+log = logging.getLogger("server.http")
+
+LINGER_SECONDS = 2.0          # how long a rejected upload may keep sending before we close
+LINGER_MAX_BYTES = 4 * 1024**2  # and how much of it we read and discard
+
+
+class _TrackedRequest(httputil.HTTPMessageDelegate):
+    """Marks its connection busy once a request head arrives; refuses oversized bodies early."""
+
+    __slots__ = ("server", "server_conn", "request_conn", "inner")
+
+    def __init__(self, server: "DrainingHTTPServer", server_conn: HTTP1ServerConnection,
+                 request_conn: HTTP1Connection, inner: httputil.HTTPMessageDelegate) -> None:
+        self.server = server
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.inner = inner
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        self.server.busy.add(self.server_conn)
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.server.max_body_size:
+            self.server.reject_too_large(self.request_conn, start_line.path, int(length))
+            return None
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()
+
+
+class DrainingHTTPServer(HTTPServer):
+    """An HTTPServer that knows which connections are mid-request, so it can drain gracefully.
+
+    A connection is busy from the moment a request head arrives until the next request starts
+    (the response has been written) or the connection closes. Draining closes idle keep-alive
+    connections at once, closes busy ones as soon as their response is out, and waits.
+    """
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
+        self.busy: set[HTTP1ServerConnection] = set()
+        self.draining = False
+        self._lingering: set[asyncio.Task[None]] = set()
+
+    @property
+    def connection_count(self) -> int:
+        """Open HTTP connections."""
+        return len(self._connections)
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
+        self.busy.discard(server_conn)  # type: ignore[arg-type]
+        if self.draining:
+            # the previous response is out; don't wait for another request on this connection
+            server_conn.stream.close()  # type: ignore[attr-defined]
+        inner = super().start_request(server_conn, request_conn)
+        return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
+
+    def on_close(self, server_conn: object) -> None:
+        self.busy.discard(server_conn)  # type: ignore[arg-type]
+        super().on_close(server_conn)
+
+    def reject_too_large(self, request_conn: HTTP1Connection, path: str, length: int) -> None:
+        """Answer 413 before reading the body, then close without resetting the client."""
+        stream = request_conn.detach()
+        limit = self.max_body_size
+        message = f"request body of {length} bytes is larger than the limit of {limit} bytes"
+        if path.startswith("/api/") or path == "/api":
+            body = json.dumps({"error": {"status": 413, "message": message}}).encode()
+            content_type = "application/json; charset=UTF-8"
+        else:
+            body = (f"<!doctype html><title>413 Payload Too Large</title>"
+                    f"<h1>413 Payload Too Large</h1><p>{message}</p>").encode()
+            content_type = "text/html; charset=UTF-8"
+        head = (f"HTTP/1.1 413 Payload Too Large\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        task = asyncio.ensure_future(self._write_and_linger(stream, head + body))
+        self._lingering.add(task)
+        task.add_done_callback(self._lingering.discard)
+
+    @staticmethod
+    async def _write_and_linger(stream: iostream.IOStream, response: bytes) -> None:
+        # Closing a socket with unread input makes the kernel send RST, and the client may then
+        # lose our answer; like nginx's lingering_close, stop writing and drain input briefly.
+        try:
+            await stream.write(response)
+            stream.socket.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            discarded = 0
+            while discarded < LINGER_MAX_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                chunk = await asyncio.wait_for(stream.read_bytes(65536, partial=True), remaining)
+                discarded += len(chunk)
+        except (iostream.StreamClosedError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            stream.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let requests in flight finish (up to timeout), then close everything.
+
+        Returns True when every request finished in time, False when some had to be cut off.
+        """
+        self.draining = True
+        self.stop()  # close the listening sockets: new connections are refused from here on
+        for conn in list(self._connections):
+            if conn not in self.busy:
+                conn.stream.close()
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        finished = not self.busy
+        if not finished:
+            log.warning("shutdown timeout: cutting off %d request(s) still in flight", len(self.busy))
+        await self.close_all_connections()
+        for task in list(self._lingering):
+            task.cancel()
+        return finished

@@ -1,0 +1,183 @@
+"""The process lifecycle: bind → open services → serve → signal → drain → close, in that order."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Callable
+
+from tornado.netutil import bind_sockets
+
+from .app import make_app
+from .config import ConfigError, Settings
+from .httpserver import DrainingHTTPServer
+from .services import Services, open_services
+from .state import ServerState
+from .tcp import GreetingTCPServer
+
+log = logging.getLogger("server")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_CONFIG = 2
+
+
+def bind(address: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bind listening sockets now, so a port in use is a clear ConfigError before anything opens."""
+    try:
+        return bind_sockets(port, address or None, backlog=backlog)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ConfigError(f"cannot listen on {address or '*'}:{port}: {reason}") from None
+
+
+def bound_port(sockets: list[socket.socket]) -> int:
+    """The port the kernel gave (useful with port 0)."""
+    return sockets[0].getsockname()[1]
+
+
+class ServerRuntime:
+    """One running server: services, the Application, its HTTP server and the TCP service."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = ServerState()
+        self.http: DrainingHTTPServer | None = None
+        self.tcp: GreetingTCPServer | None = None
+        self.services: Services | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self, http_sockets: list[socket.socket],
+                    tcp_sockets: list[socket.socket] | None = None) -> None:
+        """Open services, then start serving on already-bound sockets."""
+        s = self.settings
+        try:
+            self.services = await self._stack.enter_async_context(open_services(s))
+            app = make_app(s, self.services, self.state)
+            self.http = DrainingHTTPServer(
+                app,
+                idle_connection_timeout=s.idle_timeout,
+                body_timeout=s.body_timeout,
+                max_header_size=s.max_header_size,
+                max_body_size=s.max_body_size,
+                decompress_request=False,
+            )
+            self.http.add_sockets(http_sockets)
+            if tcp_sockets:
+                self.tcp = GreetingTCPServer(self.services.greeting, s.tcp_max_line, s.tcp_idle_timeout)
+                self.tcp.add_sockets(tcp_sockets)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def stop(self) -> bool:
+        """Drain gracefully and close services in reverse; False if the timeout cut requests off."""
+        self.state.draining = True
+        try:
+            if self.settings.drain_grace:
+                await asyncio.sleep(self.settings.drain_grace)
+            if self.tcp is not None:
+                self.tcp.stop()
+            clean = True
+            if self.http is not None:
+                clean = await self.http.drain(self.settings.shutdown_timeout)
+            if self.tcp is not None:
+                await self.tcp.shutdown(timeout=1.0)
+            return clean
+        finally:
+            await self._stack.aclose()
+
+    async def abort(self) -> None:
+        """Close everything now, requests in flight included (second signal)."""
+        self.state.draining = True
+        if self.http is not None:
+            self.http.stop()
+            await self.http.close_all_connections()
+        if self.tcp is not None:
+            self.tcp.stop()
+            await self.tcp.shutdown(timeout=0)
+        await self._stack.aclose()
+
+
+async def serve(settings: Settings, http_sockets: list[socket.socket],
+                tcp_sockets: list[socket.socket] | None = None,
+                announce: Callable[[str], None] = print) -> int:
+    """Run the server until SIGTERM/SIGINT, drain, and return the process exit code."""
+    loop = asyncio.get_running_loop()
+    runtime = ServerRuntime(settings)
+    await runtime.start(http_sockets, tcp_sockets)
+
+    stop_requested = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals_seen = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info("%s received: draining (again to force exit)", signal.Signals(signum).name)
+            stop_requested.set()
+        else:
+            log.warning("%s received again: forcing exit", signal.Signals(signum).name)
+            if main_task is not None:
+                main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    if tcp_sockets:
+        host, port = tcp_sockets[0].getsockname()[:2]
+        announce(f"TCP greeting service on {host}:{port}")
+    announce(f"Serving on {settings.replace(port=bound_port(http_sockets)).url} (pid {os.getpid()})")
+    try:
+        await stop_requested.wait()
+        clean = await runtime.stop()
+    except asyncio.CancelledError:
+        await runtime.abort()
+        return EXIT_FORCED
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped %s", "cleanly" if clean else "after the shutdown timeout")
+    return EXIT_OK if clean else EXIT_FORCED
+
+
+def run(settings: Settings) -> int:
+    """Bind, then run the event loop of the chosen implementation until shutdown."""
+    http_sockets = bind(settings.address, settings.port, settings.backlog)
+    tcp_sockets = None
+    if settings.tcp_port is not None:
+        tcp_sockets = bind(settings.address, settings.tcp_port, settings.backlog)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    main = serve(settings, http_sockets, tcp_sockets, announce)
+    if settings.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse settings, configure logging, run; config errors are one line and exit code 2."""
+    from .config import parse_settings
+
+    try:
+        settings = parse_settings(argv)
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return run(settings)
+    except ConfigError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FORCED

@@ -1,0 +1,30 @@
+"""Exceptions services raise; handlers map them to HTTP statuses at the call site."""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a service reports to its caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(ServiceError):
+    """The caller's input breaks a rule; `field` names which input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(ServiceError):
+    """The thing asked for does not exist."""
+
+
+class Unavailable(ServiceError):
+    """The service cannot take the work now; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

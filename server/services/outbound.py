@@ -1,0 +1,246 @@
+"""Outbound HTTP: one app-owned AsyncHTTPClient, fan-out with a global limit, and an SSRF guard."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+
+from tornado import httputil
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.netutil import DefaultLoopResolver, Resolver
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
+
+from .. import __version__
+from .errors import Invalid
+
+TITLE_SCAN_BYTES = 64 * 1024  # a <title> lives in the head; never keep more than this per URL
+MAX_TITLE_CHARS = 300
+REPORTED_HEADERS = ("Content-Type", "Content-Length", "Server", "Last-Modified", "ETag", "Location")
+
+
+class OutboundRefused(Exception):
+    """The SSRF guard refused to connect to an address."""
+
+
+def is_public_address(address: str) -> bool:
+    """True for globally routable unicast addresses; loopback, private, link-local etc. are not."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class GuardedResolver(Resolver):
+    """Resolves names, then drops non-public addresses unless the host or address is allowed.
+
+    The HTTP client connects only to addresses this returns, so the check holds for the address
+    actually used (no DNS-rebinding gap between checking and connecting), redirects included.
+    """
+
+    def initialize(self, allow: frozenset[str]) -> None:  # type: ignore[override]
+        self._inner = DefaultLoopResolver()
+        self._allow = allow
+
+    async def resolve(self, host: str, port: int,
+                      family: socket.AddressFamily = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
+        addresses = await self._inner.resolve(host, port, family)
+        if host.lower().strip("[]") in self._allow:
+            return addresses
+        usable = [(fam, addr) for fam, addr in addresses
+                  if is_public_address(addr[0]) or addr[0] in self._allow]
+        if not usable:
+            shown = ", ".join(sorted({addr[0] for _, addr in addresses}))
+            raise OutboundRefused(f"{host} resolves to a non-public address ({shown}); "
+                                  "allow it with --outbound-allow")
+        return usable
+
+
+class _TitleParser(HTMLParser):
+    """Collects the text of the first <title> element."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.in_title = False
+        self.done = False
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "title" and not self.done:
+            self.in_title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title" and self.in_title:
+            self.in_title = False
+            self.done = True
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.parts.append(data)
+
+
+def extract_title(body: bytes, content_type: str | None) -> str | None:
+    """The page title of an HTML body, whitespace collapsed, or None."""
+    if not body or not content_type or "html" not in content_type.lower():
+        return None
+    charset = "utf-8"
+    match = re.search(r"charset=([\w.-]+)", content_type, re.I)
+    if match:
+        charset = match.group(1)
+    try:
+        text = body.decode(charset, errors="replace")
+    except LookupError:
+        text = body.decode("utf-8", errors="replace")
+    parser = _TitleParser()
+    try:
+        parser.feed(text)
+    except Exception:  # a broken page has no title worth reporting; never fail the fetch for it
+        return None
+    if not parser.parts:
+        return None
+    title = " ".join("".join(parser.parts).split())
+    return title[:MAX_TITLE_CHARS] or None
+
+
+@dataclass
+class FetchResult:
+    """What happened to one URL."""
+
+    url: str
+    ok: bool
+    status: int | None = None
+    reason: str | None = None
+    time_ms: float = 0.0
+    size: int = 0
+    final_url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    title: str | None = None
+    error: str | None = None
+
+
+def _check_url(url: Any) -> str | None:
+    """Return why a URL cannot be fetched, or None when it can be tried."""
+    if not isinstance(url, str) or not url:
+        return "not a URL"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "only http and https URLs can be fetched"
+    if not parts.hostname:
+        return "the URL has no host"
+    try:
+        parts.port
+    except ValueError:
+        return "the URL has an invalid port"
+    return None
+
+
+def describe_error(exc: BaseException, max_bytes: int) -> str:
+    """A short, human-readable reason a fetch failed, without internals."""
+    if isinstance(exc, OutboundRefused):
+        return f"refused: {exc}"
+    if isinstance(exc, HTTPTimeoutError) or isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve host"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, HTTPStreamClosedError):
+        return "connection closed before a complete response"
+    if isinstance(exc, HTTPClientError) and exc.code == 599:
+        return exc.message or "network error"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
+class OutboundService:
+    """Fetches many URLs concurrently through one owned client, bounded in count, time and size."""
+
+    def __init__(self, max_clients: int, timeout: float, allow: tuple[str, ...], max_urls: int,
+                 max_bytes: int) -> None:
+        self.timeout = timeout
+        self.max_urls = max_urls
+        self.max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(max_clients)
+        # force_instance: the shared per-loop singleton would cap us at 10 and count queue time
+        # against request_timeout; our semaphore keeps requests out of Tornado's queue entirely.
+        self.client = AsyncHTTPClient(
+            force_instance=True, max_clients=max_clients, max_body_size=max_bytes,
+            max_buffer_size=max(max_bytes, TITLE_SCAN_BYTES),
+            resolver=GuardedResolver(allow=frozenset(allow)),
+            defaults={"user_agent": f"tornado-hps/{__version__}"},
+        )
+
+    async def fetch_all(self, urls: list[str], method: str) -> list[FetchResult]:
+        """Fetch every URL at once (within the global limit); one result per URL, in order."""
+        if method not in ("GET", "HEAD"):
+            raise Invalid("method", "must be GET or HEAD")
+        if not urls:
+            raise Invalid("urls", "must list at least one URL")
+        if len(urls) > self.max_urls:
+            raise Invalid("urls", f"must list at most {self.max_urls} URLs")
+        return list(await asyncio.gather(*(self.fetch_one(url, method) for url in urls)))
+
+    async def fetch_one(self, url: str, method: str) -> FetchResult:
+        """Fetch one URL; every failure is described in the result, never raised."""
+        problem = _check_url(url)
+        if problem:
+            return FetchResult(url=url, ok=False, error=problem)
+        kept = bytearray()
+        seen = {"size": 0, "declared": None}
+
+        def on_chunk(chunk: bytes) -> None:
+            seen["size"] += len(chunk)
+            if len(kept) < TITLE_SCAN_BYTES:
+                kept.extend(chunk[: TITLE_SCAN_BYTES - len(kept)])
+
+        def on_header(line: str) -> None:
+            if line.lower().startswith("content-length:"):
+                value = line.split(":", 1)[1].strip()
+                seen["declared"] = int(value) if value.isdigit() else None
+            elif line.startswith("HTTP/"):  # a redirect starts a new response
+                seen["declared"] = None
+                seen["size"] = 0
+                kept.clear()
+
+        request = HTTPRequest(
+            url, method=method, connect_timeout=self.timeout, request_timeout=self.timeout,
+            follow_redirects=True, max_redirects=5, decompress_response=True,
+            streaming_callback=on_chunk, header_callback=on_header,
+        )
+        started = time.perf_counter()
+        async with self._slots:
+            try:
+                response = await self.client.fetch(request, raise_error=False)
+            except Exception as exc:
+                elapsed = (time.perf_counter() - started) * 1000
+                declared = seen["declared"]
+                if (declared is not None and declared > self.max_bytes) or seen["size"] > self.max_bytes:
+                    error = f"response larger than {self.max_bytes} bytes"
+                else:
+                    error = describe_error(exc, self.max_bytes)
+                return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
+                                   error=error)
+        elapsed = (time.perf_counter() - started) * 1000
+        headers = {name: response.headers[name] for name in REPORTED_HEADERS if name in response.headers}
+        return FetchResult(
+            url=url, ok=200 <= response.code < 400, status=response.code,
+            reason=response.reason or httputil.responses.get(response.code, ""),
+            time_ms=round(elapsed, 3), size=seen["size"], final_url=response.effective_url,
+            headers=headers,
+            title=extract_title(bytes(kept), response.headers.get("Content-Type")) if method == "GET" else None,
+        )
+
+    async def close(self) -> None:
+        """Close the owned client (its connections and resolver)."""
+        self.client.close()

@@ -1,0 +1,355 @@
+"""Every pytest fixture of the suite lives here, so the async test plugin can be swapped in one file."""
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tornado.httpclient
+import tornado.ioloop
+import tornado.testing
+from tornado.netutil import bind_sockets
+
+from server.config import Settings
+from server.lifecycle import ServerRuntime
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT_ROOT / "artifacts"
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when a system component is missing; under CI=true a missing component fails instead."""
+    if condition:
+        return
+    message = f"not installed: {what}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true requires it)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """A headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium_browser):
+    """A fresh browser page (own context: no cookies shared between tests)."""
+    context = chromium_browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+# --- the server in this process, on pytest-tornado's event loop ---
+
+@pytest.fixture
+def io_loop():
+    """A fresh IOLoop per test (replaces pytest-tornado's, which calls the deprecated make_current)."""
+    loop = tornado.ioloop.IOLoop()  # current for this thread until closed, as gen_test needs
+    yield loop
+    loop.close(all_fds=True)
+
+
+@pytest.fixture
+def _unused_port():
+    """A loopback listening socket with a deep backlog (pytest-tornado's has 128: too few for 1,000 clients)."""
+    sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=2048)[0]
+    return sock, sock.getsockname()[1]
+
+
+@pytest.fixture
+def server_settings(request, tmp_path):
+    """Test settings: loopback, one compute worker, 127.0.0.1 fetchable; @pytest.mark.server_settings(...) overrides."""
+    marker = request.node.get_closest_marker("server_settings")
+    overrides = dict(marker.kwargs) if marker else {}
+    base = Settings(address="127.0.0.1", port=0, compute_workers=1, log_level="warning",
+                    outbound_allow=("127.0.0.1",), cookie_secret="test-cookie-secret")
+    return base.replace(**overrides)
+
+
+@pytest.fixture
+def http_server(io_loop, server_settings, _unused_port):
+    """The whole server (services, app, draining HTTP server) on an unused loopback port."""
+    runtime = ServerRuntime(server_settings)
+    io_loop.run_sync(lambda: runtime.start([_unused_port[0]]))
+    yield runtime
+    io_loop.run_sync(runtime.stop, timeout=30)
+
+
+@pytest.fixture
+def base_url(http_server, http_port):
+    """http://127.0.0.1:<port> of the in-process server."""
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture
+def http_client(io_loop, http_server):
+    """An AsyncHTTPClient of the test's own (not the shared singleton capped at 10 requests)."""
+    async def make():
+        return tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=1100)
+    client = io_loop.run_sync(make)
+    yield client
+    client.close()
+
+
+class Api:
+    """Small helper to call the server and read JSON answers without raising on 4xx/5xx."""
+
+    def __init__(self, client, base_url):
+        self.client = client
+        self.base_url = base_url
+
+    async def call(self, method, path, body=None, headers=None, **kwargs):
+        if body is not None and not isinstance(body, bytes):  # bytes are sent as they are
+            body = json.dumps(body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        response = await self.client.fetch(self.base_url + path, method=method, body=body,
+                                           headers=headers, raise_error=False,
+                                           allow_nonstandard_methods=True, request_timeout=60,
+                                           **kwargs)
+        return response
+
+    async def get(self, path, **kwargs):
+        return await self.call("GET", path, **kwargs)
+
+    async def post(self, path, body=None, **kwargs):
+        return await self.call("POST", path, body=body, **kwargs)
+
+
+def json_of(response):
+    """The JSON body of a response, checking it was declared as JSON."""
+    assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
+    return json.loads(response.body)
+
+
+@pytest.fixture
+def api(http_client, base_url):
+    """An Api helper bound to the in-process server."""
+    return Api(http_client, base_url)
+
+
+async def raw_http(port, data, timeout=5.0, host="127.0.0.1"):
+    """Send raw bytes to a port and return everything received until the server closes (or timeout)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except (asyncio.TimeoutError, ConnectionResetError):
+        pass
+    finally:
+        writer.close()
+    return b"".join(chunks)
+
+
+# --- the server as a subprocess, exactly as a user starts it ---
+
+class LiveServer:
+    """A `python -m server` subprocess started with --port 0; knows its URL once ready."""
+
+    READY = re.compile(r"Serving on (http://\S+/) \(pid (\d+)\)")
+    TCP_READY = re.compile(r"TCP greeting service on ([\d.]+):(\d+)")
+
+    def __init__(self, *args, env=None):
+        self.args = ["--port", "0", "--address", "127.0.0.1", *args]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("SERVER_")}
+        environment.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *self.args], cwd=PROJECT_ROOT, env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = None
+        self.tcp_port = None
+        self.lines = []
+
+    def wait_ready(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"server exited early: {self.proc.wait()} {self.proc.stderr.read()}")
+            self.lines.append(line)
+            tcp = self.TCP_READY.search(line)
+            if tcp:
+                self.tcp_port = int(tcp.group(2))
+            match = self.READY.search(line)
+            if match:
+                self.url = match.group(1).rstrip("/")
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+        raise AssertionError("server did not print its ready line in time")
+
+    def signal(self, signum=signal.SIGTERM):
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout=30.0):
+        code = self.proc.wait(timeout)
+        self.stderr = self.proc.stderr.read()
+        return code
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            pipe.close()
+
+
+@pytest.fixture
+def live_server_factory():
+    """Start `python -m server` subprocesses; every one is killed at the end of the test."""
+    started = []
+
+    def start(*args, env=None, ready=True):
+        server = LiveServer(*args, env=env)
+        started.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    """One `python -m server` subprocess shared by a module's tests (browser tests)."""
+    server = LiveServer("--log-level", "warning").wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def artifacts_dir():
+    """Where tests leave screenshots for people (and CI) to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+# --- bench fixtures (python -m bench) ---
+
+class BenchTarget:
+    """A server subprocess for the load-generator tests; ``url`` is set from its 'Serving on' line."""
+
+    READY = re.compile(r"Serving on (http://\S+?)/?(?:\s|$)")
+
+    def __init__(self, argv, log_path, timeout=20.0):
+        import threading
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+        deadline = time.monotonic() + timeout
+        self.url = None
+        while self.url is None:
+            line = self.proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{argv} did not start: {open(log_path).read()[-2000:]}")
+            match = self.READY.search(line)
+            if match:
+                self.url = match.group(1)
+        self.port = int(self.url.rsplit(":", 1)[1])
+        # keep reading stdout so a chatty server can never block on a full pipe
+        self.reader = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        self.reader.start()
+
+    def stats(self):
+        """The stub server's own counters (GET /__stats)."""
+        import urllib.request
+        with urllib.request.urlopen(self.url + "/__stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self):
+        """Kill the subprocess (only this one) and close its files."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.join(5)
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@pytest.fixture
+def bench_stub(tmp_path):
+    """Start `python -m bench.stubserver [options]` subprocesses; each is killed after the test."""
+    started = []
+
+    def start(*options):
+        target = BenchTarget([sys.executable, "-m", "bench.stubserver", "--port", "0", *options],
+                             tmp_path / f"stub{len(started)}.log")
+        started.append(target)
+        return target
+
+    yield start
+    for target in started:
+        target.stop()
+
+
+@pytest.fixture
+def bench_project_server(tmp_path):
+    """The project's own server (`python -m server --port 0`) as a subprocess, as a user starts it."""
+    if not (PROJECT_ROOT / "server" / "__main__.py").exists():
+        pytest.skip("server/__main__.py does not exist yet")
+    target = BenchTarget([sys.executable, "-m", "server", "--port", "0"], tmp_path / "server.log")
+    yield target
+    target.stop()
+
+
+@pytest.fixture
+def bench_free_port():
+    """A loopback port with nothing listening on it (connections are refused)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def bench_run(tmp_path, capsys):
+    """Run `python -m bench` in this process; returns (exit code, JSON report or None, stdout, stderr)."""
+    from bench.__main__ import main
+
+    runs = []
+
+    def run(*args):
+        path = tmp_path / f"bench{len(runs)}.json"
+        runs.append(path)
+        code = main([*map(str, args), "--json", str(path)])
+        out, err = capsys.readouterr()
+        report = json.loads(path.read_text()) if path.exists() else None
+        return code, report, out, err
+
+    return run
