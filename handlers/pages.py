@@ -52,6 +52,12 @@ class StaticHandler(tornado.web.StaticFileHandler, PageHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         PageHandler.write_error(self, status_code, **kwargs)
 
+    def compute_etag(self) -> str | None:
+        if getattr(self, "absolute_path", None) is None:
+            # a rendered page (listing, error) rather than a file: hash the body
+            return tornado.web.RequestHandler.compute_etag(self)
+        return super().compute_etag()
+
 
 default_handlers = [
     url(r"/", HomeHandler, name="home"),

@@ -15,6 +15,7 @@ import pytest
 import tornado.httpclient
 import tornado.ioloop
 import tornado.testing
+import tornado.web
 from tornado.netutil import bind_sockets
 
 from server.config import Settings
@@ -102,7 +103,13 @@ def http_server(io_loop, server_settings, _unused_port):
 
 
 @pytest.fixture
-def base_url(http_server, http_port):
+def http_port(http_server, _unused_port):
+    """The port of the running in-process server."""
+    return _unused_port[1]
+
+
+@pytest.fixture
+def base_url(http_port):
     """http://127.0.0.1:<port> of the in-process server."""
     return f"http://127.0.0.1:{http_port}"
 
@@ -353,3 +360,55 @@ def bench_run(tmp_path, capsys):
         return code, report, out, err
 
     return run
+
+
+# --- a real upstream HTTP server for /api/fetch, on its own loopback port ---
+
+class _UpstreamHandler(tornado.web.RequestHandler):
+    async def get(self, what):
+        if what == "page":
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.write("<!doctype html><html><head><title>\n Upstream &amp; Co \n</title></head>"
+                       "<body><title>not this one</title>hello</body></html>")
+        elif what == "plain":
+            self.set_header("Content-Type", "text/plain")
+            self.write("just text")
+        elif what == "big":
+            self.write(b"x" * (2 * 1024 * 1024))
+        elif what == "big-chunked":
+            for _ in range(64):
+                self.write(b"y" * 32 * 1024)
+                await self.flush()
+        elif what == "sleep":
+            await asyncio.sleep(float(self.get_query_argument("s")))
+            self.write("slept")
+        elif what == "redirect-page":
+            self.redirect("/page")
+        elif what == "redirect-private":
+            self.redirect("http://10.255.255.1/")
+        elif what == "missing":
+            self.set_status(404)
+            self.write("gone")
+        elif what == "reset":
+            self.request.connection.stream.close()
+        else:
+            raise tornado.web.HTTPError(400)
+
+    head = get
+
+
+@pytest.fixture
+def upstream(io_loop):
+    """Base URL of a local upstream server (/page, /plain, /big, /sleep?s=, /reset, ...)."""
+    import tornado.httpserver
+    sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
+    app = tornado.web.Application([(r"/(.*)", _UpstreamHandler)])
+
+    async def start():
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets([sock])
+        return server
+    server = io_loop.run_sync(start)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)

@@ -29,6 +29,10 @@ class OutboundRefused(Exception):
     """The SSRF guard refused to connect to an address."""
 
 
+class ResponseTooLarge(httputil.HTTPInputError):
+    """Raised from the body callback to stop reading; an HTTPInputError so Tornado closes quietly."""
+
+
 def is_public_address(address: str) -> bool:
     """True for globally routable unicast addresses; loopback, private, link-local etc. are not."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -140,7 +144,7 @@ def _check_url(url: Any) -> str | None:
     return None
 
 
-def describe_error(exc: BaseException, max_bytes: int) -> str:
+def describe_error(exc: BaseException) -> str:
     """A short, human-readable reason a fetch failed, without internals."""
     if isinstance(exc, OutboundRefused):
         return f"refused: {exc}"
@@ -174,9 +178,9 @@ class OutboundService:
         self._slots = asyncio.Semaphore(max_clients)
         # force_instance: the shared per-loop singleton would cap us at 10 and count queue time
         # against request_timeout; our semaphore keeps requests out of Tornado's queue entirely.
+        # bodies go to a streaming callback that stops at max_bytes, so Tornado buffers none of them
         self.client = AsyncHTTPClient(
-            force_instance=True, max_clients=max_clients, max_body_size=max_bytes,
-            max_buffer_size=max(max_bytes, TITLE_SCAN_BYTES),
+            force_instance=True, max_clients=max_clients,
             resolver=GuardedResolver(allow=frozenset(allow)),
             defaults={"user_agent": f"tornado-hps/{__version__}"},
         )
@@ -201,6 +205,8 @@ class OutboundService:
 
         def on_chunk(chunk: bytes) -> None:
             seen["size"] += len(chunk)
+            if seen["size"] > self.max_bytes:
+                raise ResponseTooLarge(f"more than {self.max_bytes} bytes")
             if len(kept) < TITLE_SCAN_BYTES:
                 kept.extend(chunk[: TITLE_SCAN_BYTES - len(kept)])
 
@@ -222,16 +228,17 @@ class OutboundService:
         async with self._slots:
             try:
                 response = await self.client.fetch(request, raise_error=False)
+                failure = None
             except Exception as exc:
-                elapsed = (time.perf_counter() - started) * 1000
-                declared = seen["declared"]
-                if (declared is not None and declared > self.max_bytes) or seen["size"] > self.max_bytes:
-                    error = f"response larger than {self.max_bytes} bytes"
-                else:
-                    error = describe_error(exc, self.max_bytes)
-                return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
-                                   error=error)
+                failure = exc
         elapsed = (time.perf_counter() - started) * 1000
+        declared = seen["declared"]
+        if (declared is not None and declared > self.max_bytes) or seen["size"] > self.max_bytes:
+            return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
+                               error=f"response larger than {self.max_bytes} bytes")
+        if failure is not None:
+            return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
+                               error=describe_error(failure))
         headers = {name: response.headers[name] for name in REPORTED_HEADERS if name in response.headers}
         return FetchResult(
             url=url, ok=200 <= response.code < 400, status=response.code,
