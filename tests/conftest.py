@@ -37,6 +37,16 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(message)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skipped test is a failure: CI must never pass on a suite that did not run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI", "").lower() == "true" and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {report.longrepr}"
+
+
 @pytest.fixture(scope="session")
 def chromium_browser():
     """A headless Debian Chromium driven by Playwright (never a downloaded browser)."""
