@@ -47,9 +47,13 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI=true: {report.longrepr}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser():
-    """A headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    """A headless Debian Chromium driven by Playwright (never a downloaded browser).
+
+    Module-scoped: Playwright's sync API keeps an event loop running while it is open, which
+    would stop pytest-tornado's loops in later modules; keep browser tests in modules of their own.
+    """
     require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
