@@ -37,7 +37,7 @@ lint: .make-test.stamp
 # Debian packages the full test suite drives (CI installs them; root only).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx
 
 clean:
 	rm -rf $(VENV) .make-*.stamp .pytest_cache

@@ -17,10 +17,11 @@ class _ProbeHandler(ApiHandler):
     def prepare(self) -> None:
         BaseHandler.prepare(self)
 
-    def _report(self, status: str, code: int) -> None:
+    def _report(self, status: str, code: int, checks: dict[str, str] | None = None) -> None:
         self.set_header("Cache-Control", "no-store")
         uptime = round(time.time() - self.server_state.started_at, 3)
-        self.write_model(HealthOut(status=status, version=__version__, uptime_s=uptime), code)
+        self.write_model(HealthOut(status=status, version=__version__, uptime_s=uptime,
+                                   checks=checks or {}), code)
 
 
 class HealthHandler(_ProbeHandler):
@@ -33,14 +34,23 @@ class HealthHandler(_ProbeHandler):
 
 
 class ReadyHandler(_ProbeHandler):
-    """GET /readyz: 200 when serving, 503 once draining for shutdown."""
+    """GET /readyz: 200 when serving and the database answers; 503 when draining or it does not."""
 
     async def get(self) -> None:
         if self.server_state.draining:
             self.set_header("Retry-After", "5")
             self._report("draining", 503)
+            return
+        services = self.services
+        database_up = await services.db.ping()
+        checks = {"database": "ok" if database_up else "unavailable",
+                  # the cache is optional: without it answers come from the database
+                  "cache": "ok" if await services.cache.ping() else "unavailable (degraded)"}
+        if database_up:
+            self._report("ready", 200, checks)
         else:
-            self._report("ready", 200)
+            self.set_header("Retry-After", "2")
+            self._report("unavailable", 503, checks)
 
     head = get
 

@@ -76,6 +76,31 @@ class FetchOut(_Model):
 class HealthOut(_Model):
     """Liveness or readiness."""
 
-    status: Literal["ok", "ready", "draining"]
+    status: Literal["ok", "ready", "draining", "unavailable"]
     version: str
     uptime_s: float
+    checks: dict[str, str] = Field(default={}, description="readiness of each dependency")
+
+
+class MessageIn(_Model):
+    """POST /api/messages: sign the guestbook."""
+
+    name: str = Field(description="1 to 64 characters")
+    text: str = Field(description="1 to 2000 characters")
+
+
+class MessageOut(_Model):
+    """A guestbook message."""
+
+    id: int
+    name: str
+    text: str
+    created_at: str = Field(description="ISO 8601, UTC")
+
+
+class MessageListOut(_Model):
+    """A page of messages, newest first."""
+
+    messages: list[MessageOut]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page")
+    count: int = Field(description="messages in the guestbook")

@@ -5,7 +5,7 @@ import secrets
 
 import tornado.web
 
-from handlers import api, files, health, pages
+from handlers import api, files, guestbook, health, pages
 from handlers.pages import PageNotFoundHandler, StaticHandler
 
 from . import STATIC_PATH, TEMPLATE_PATH
@@ -16,7 +16,8 @@ from .state import ServerState
 
 def make_app(settings: Settings, services: Services, state: ServerState) -> tornado.web.Application:
     """Build the Tornado Application for these settings, opened services and runtime state."""
-    routes = [*pages.default_handlers, *health.default_handlers, *api.default_handlers]
+    routes = [*pages.default_handlers, *health.default_handlers, *api.default_handlers,
+              *guestbook.default_handlers]
     if settings.files is not None:
         routes += files.default_handlers(str(settings.files))
     routes += api.not_found_handlers
@@ -32,6 +33,8 @@ def make_app(settings: Settings, services: Services, state: ServerState) -> torn
         serve_traceback=settings.debug,
         compiled_template_cache=not settings.debug,
         static_hash_cache=not settings.debug,
+        websocket_ping_interval=25,
+        websocket_ping_timeout=30,
         config=settings,
         services=services,
         state=state,

@@ -107,6 +107,50 @@ def parse_existing_dir(text: str) -> Path | None:
     return path
 
 
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
+               "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, float] | None:
+    """Parse a rate such as 10/min, 100/h or 5/30s into (count, window seconds); 'off' disables."""
+    if str(text).strip().lower() in ("", "off", "none"):
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*", str(text).lower())
+    if not match or match.group(3) not in _RATE_UNITS:
+        raise ValueError(f"not a rate: {text!r} (use e.g. 10/min, 100/h, 5/30s or off)")
+    count = int(match.group(1))
+    window = float(match.group(2) or 1) * _RATE_UNITS[match.group(3)]
+    if count < 1 or window <= 0:
+        raise ValueError(f"count and window must be positive: {text!r}")
+    return count, window
+
+
+def parse_path(text: str) -> Path:
+    """Parse a directory path (created on start when missing)."""
+    return Path(text).expanduser().resolve()
+
+
+def parse_optional_text(text: str) -> str | None:
+    """Text that may be left empty to switch a feature off."""
+    return str(text) if str(text).strip() else None
+
+
+def parse_cache_url(text: str) -> str:
+    """memory:// or a redis:// / rediss:// / unix:// URL."""
+    if not re.match(r"^(memory|redis|rediss|unix)://", str(text)):
+        raise ValueError(f"must start with memory://, redis://, rediss:// or unix://; got {text!r}")
+    return str(text)
+
+
+def parse_db_url(text: str) -> str | None:
+    """An SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db."""
+    if not str(text).strip():
+        return None
+    if not re.match(r"^(sqlite\+aiosqlite|postgresql\+asyncpg)://", str(text)):
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return str(text)
+
+
 def choice(*options: str) -> Callable[[str], str]:
     """Build a parser that accepts one of a fixed set of words."""
     def parse(text: str) -> str:
@@ -164,6 +208,42 @@ class Settings:
     loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
                         "process", "LOOP")
 
+    # data: database and cache
+    data_dir: Path = setting(Path("data"), "directory for the default SQLite database (created if "
+                             "missing)", parse_path, "data", "DIR")
+    db_url: str | None = setting(None, "database URL: sqlite+aiosqlite:///FILE or "
+                                 "postgresql+asyncpg://USER:PASS@HOST/DB [default: SQLite in "
+                                 "--data-dir]", parse_db_url, "data", "URL")
+    db_pool_size: int = setting(10, "database connections kept open", parse_positive_int, "data", "N")
+    db_timeout: float = setting(5.0, "seconds to connect, to run one query, or to wait for a "
+                                "connection", parse_positive_seconds, "data", "SECONDS")
+    db_startup_wait: float = setting(10.0, "seconds to keep retrying an unreachable database on "
+                                     "start before giving up", parse_seconds, "data", "SECONDS")
+    cache_url: str = setting("memory://", "cache: memory:// (this process) or redis://HOST:PORT/DB "
+                             "(shared by every instance; also carries live events and rate limits)",
+                             parse_cache_url, "data", "URL")
+    cache_ttl: float = setting(30.0, "seconds a cached list or count lives at most",
+                               parse_positive_seconds, "data", "SECONDS")
+    cache_max_entries: int = setting(10_000, "entries the memory cache holds (least recently used "
+                                     "go first)", parse_positive_int, "data", "N")
+    cache_timeout: float = setting(1.0, "seconds one cache call may take before the database is "
+                                   "used instead", parse_positive_seconds, "data", "SECONDS")
+
+    # guestbook
+    admin_token: str | None = setting(None, "token that allows DELETE /api/messages/<id> "
+                                      "(Authorization: Bearer TOKEN); deletes are off without it",
+                                      parse_optional_text, "guestbook", "TOKEN")
+    post_rate: tuple[int, float] | None = setting((10, 60.0), "messages one client may post per "
+                                                  "window, e.g. 10/min, 100/h, 5/30s or off",
+                                                  parse_rate, "guestbook", "RATE")
+    message_max_length: int = setting(2000, "longest guestbook message (characters)",
+                                      parse_positive_int, "guestbook", "N")
+    page_size: int = setting(20, "messages per page by default", parse_positive_int, "guestbook", "N")
+    max_page_size: int = setting(100, "most messages one page request may ask for",
+                                 parse_positive_int, "guestbook", "N")
+    live_max_clients: int = setting(10_000, "live guestbook connections (WebSockets) at once",
+                                    parse_positive_int, "guestbook", "N")
+
     # TCP greeting service
     tcp_port: int | None = setting(None, "port of the TCP greeting service (off by default)",
                                    parse_optional_port, "tcp", "PORT")
@@ -201,6 +281,11 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def database_url(self) -> str:
+        """The database to use: --db-url, or SQLite in --data-dir."""
+        return self.db_url or f"sqlite+aiosqlite:///{self.data_dir / 'guestbook.db'}"
+
+    @property
     def url(self) -> str:
         """The base URL people should open (for the configured port)."""
         host = "localhost" if self.address in ("", "0.0.0.0", "::") else self.address
@@ -212,6 +297,8 @@ class Settings:
 _GROUP_TITLES = {
     "http": "HTTP listener",
     "process": "process",
+    "data": "data: database and cache",
+    "guestbook": "guestbook",
     "tcp": "TCP greeting service (seed 000)",
     "api": "API limits",
     "outbound": "outbound HTTP (/api/fetch)",
@@ -223,6 +310,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _show(default: Any) -> Any:
+    if _is_rate(default):
+        return f"{default[0]}/{default[1]:g}s"
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return default
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int)
 
 
 def _env_name(name: str) -> str:
@@ -245,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         meta = f.metadata
         default = f.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = _show(default)
         shown = "off" if shown is None or shown == "" else shown
         help_text = f"{meta['help']} [default: {shown}; env {_env_name(f.name)}]"
         if meta["parse"] is parse_bool:

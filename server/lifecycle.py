@@ -16,7 +16,7 @@ from tornado.netutil import bind_sockets
 from .app import make_app
 from .config import ConfigError, Settings
 from .httpserver import DrainingHTTPServer
-from .services import Services, open_services
+from .services import Services, Unavailable, open_services
 from .state import ServerState
 from .tcp import GreetingTCPServer
 
@@ -79,6 +79,9 @@ class ServerRuntime:
         """Drain gracefully and close services in reverse; False if the timeout cut requests off."""
         self.state.draining = True
         try:
+            for client in list(self.state.live_clients):
+                # live pages reconnect (to another instance, or to this one once restarted)
+                client.close(1001, "server restarting")
             if self.settings.drain_grace:
                 await asyncio.sleep(self.settings.drain_grace)
             if self.tcp is not None:
@@ -179,5 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Unavailable as exc:  # a service (the database) could not be opened
+        print(f"python -m server: error: {exc}", file=sys.stderr)
+        return EXIT_FORCED
     except KeyboardInterrupt:
         return EXIT_FORCED

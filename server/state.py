@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -12,3 +13,4 @@ class ServerState:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     api_in_flight: int = 0
+    live_clients: set[Any] = field(default_factory=set)  # open WebSocket handlers

@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import tornado.testing
 import tornado.web
 from tornado.netutil import bind_sockets
 
+from dbservers import PostgresServer, RedisServer, postgres_bin_dir
 from server.config import Settings
 from server.lifecycle import ServerRuntime
 
@@ -103,7 +106,8 @@ def server_settings(request, tmp_path):
     marker = request.node.get_closest_marker("server_settings")
     overrides = dict(marker.kwargs) if marker else {}
     base = Settings(address="127.0.0.1", port=0, compute_workers=1, log_level="warning",
-                    outbound_allow=("127.0.0.1",), cookie_secret="test-cookie-secret")
+                    outbound_allow=("127.0.0.1",), cookie_secret="test-cookie-secret",
+                    data_dir=tmp_path / "data", post_rate=None)
     return base.replace(**overrides)
 
 
@@ -205,6 +209,10 @@ class LiveServer:
 
     def __init__(self, *args, env=None):
         self.args = ["--port", "0", "--address", "127.0.0.1", *args]
+        self._data_dir = None
+        if "--data-dir" not in args and "--db-url" not in args:
+            self._data_dir = tempfile.mkdtemp(prefix="hps-data-")
+            self.args += ["--data-dir", self._data_dir]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SERVER_")}
         environment.update(env or {})
         self.proc = subprocess.Popen(
@@ -245,6 +253,8 @@ class LiveServer:
             self.proc.wait(10)
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()
+        if self._data_dir:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -426,3 +436,46 @@ def upstream(io_loop):
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.stop()
     io_loop.run_sync(server.close_all_connections)
+
+
+# --- real PostgreSQL and Redis servers (Debian packages), started by the tests ---
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL cluster on a free loopback port for the whole session."""
+    require(postgres_bin_dir() is not None, "PostgreSQL server (apt-get install postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="hps-pg-"))  # not under pytest's root-only tmp dirs
+    server = PostgresServer(base)
+    server.start()
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty PostgreSQL database for one test (the server restarted if a test stopped it)."""
+    if not postgres_server.running:
+        postgres_server.start()
+    return postgres_server.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server on a free loopback port for the whole session."""
+    require(shutil.which("redis-server") is not None, "Redis server (apt-get install redis-server)")
+    base = Path(tempfile.mkdtemp(prefix="hps-redis-"))
+    server = RedisServer(base)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """An emptied Redis (restarted if a test stopped it)."""
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url()

@@ -35,5 +35,5 @@ def test_pages_work_without_javascript(chromium_browser, live_server, artifacts_
 def test_home_page_screenshot(page, live_server, artifacts_dir):
     page.set_viewport_size({"width": 1200, "height": 900})
     page.goto(live_server.url + "/")
-    assert page.locator("table.routes tbody tr").count() == 7
+    assert page.locator("table.routes tbody tr").count() == 9
     page.screenshot(path=str(artifacts_dir / "home.png"), full_page=True)

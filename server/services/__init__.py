@@ -7,12 +7,17 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ..config import Settings
+from .cache import Cache, open_cache
 from .compute import ComputeService
-from .errors import Invalid, NotFound, ServiceError, Unavailable
+from .database import Database
+from .errors import Invalid, NotFound, RateLimited, ServiceError, Unavailable
+from .events import EventBus
 from .greeting import GreetingService
+from .guestbook import GuestbookService, RateLimiter
 from .outbound import OutboundService
 
-__all__ = ["Services", "open_services", "Invalid", "NotFound", "ServiceError", "Unavailable"]
+__all__ = ["Services", "open_services", "Invalid", "NotFound", "RateLimited", "ServiceError",
+           "Unavailable"]
 
 log = logging.getLogger("server.services")
 
@@ -24,6 +29,10 @@ class Services:
     greeting: GreetingService
     compute: ComputeService
     outbound: OutboundService
+    cache: Cache
+    db: Database
+    events: EventBus
+    guestbook: GuestbookService
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +47,27 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                    settings.outbound_allow, settings.outbound_max_urls,
                                    settings.outbound_max_bytes)
         stack.push_async_callback(_closing("outbound client", outbound.close))
-        yield Services(greeting=greeting, compute=compute, outbound=outbound)
+
+        cache = open_cache(settings.cache_url, settings.cache_timeout, settings.cache_max_entries)
+        stack.push_async_callback(_closing(f"{cache.kind} cache", cache.close))
+        db = Database(settings.database_url, settings.db_pool_size, settings.db_timeout)
+        stack.push_async_callback(_closing("database", db.close))
+        await db.open(wait=settings.db_startup_wait)
+        redis_url = None if settings.cache_url.startswith("memory:") else settings.cache_url
+        events = EventBus(redis_url)
+        await events.start()
+        stack.push_async_callback(_closing("live events", events.close))
+
+        limit, window = settings.post_rate or (None, 60.0)
+        guestbook = GuestbookService(
+            db, cache, events, RateLimiter(cache, limit, window),
+            max_name_length=settings.max_name_length, max_text_length=settings.message_max_length,
+            page_size=settings.page_size, max_page_size=settings.max_page_size,
+            cache_ttl=settings.cache_ttl)
+        await guestbook.open()
+        log.info("database %s, %s cache", db.display_url, cache.kind)
+        yield Services(greeting=greeting, compute=compute, outbound=outbound, cache=cache, db=db,
+                       events=events, guestbook=guestbook)
 
 
 def _closing(name, close):

@@ -1,0 +1,139 @@
+"""Caches behind one small interface: an in-process TTL/LRU cache, or Redis for many instances."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+log = logging.getLogger("server.cache")
+
+
+class CacheError(Exception):
+    """The cache could not be reached; callers fall back to the source of truth."""
+
+
+class Cache(Protocol):
+    """What the server needs from a cache."""
+
+    kind: str
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+    async def add(self, key: str, value: bytes) -> bool: ...
+    async def incr(self, key: str, ttl: float) -> int: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """A size-bounded LRU with per-entry expiry, local to this process."""
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def _live(self, key: str) -> Any:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires and expires <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def _store(self, key: str, value: Any, ttl: float | None) -> None:
+        self._entries[key] = (time.monotonic() + ttl if ttl else 0.0, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self._store(key, value, ttl)
+
+    async def add(self, key: str, value: bytes) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._store(key, value, None)
+        return True
+
+    async def incr(self, key: str, ttl: float) -> int:
+        count = (self._live(key) or 0) + 1
+        if count == 1:
+            self._store(key, count, ttl)
+        else:  # keep the window's original expiry
+            expires, _ = self._entries[key]
+            self._entries[key] = (expires, count)
+        return count
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class RedisCache:
+    """Redis through redis-py's asyncio client; after a failure it stays away for a moment."""
+
+    kind = "redis"
+    RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so an outage costs no latency
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError, TimeoutError)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
+        self._down_until = 0.0
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < self._down_until:
+            raise CacheError("redis unavailable (recent failure)")
+        try:
+            return await getattr(self.client, method)(*args, **kwargs)
+        except self._errors as exc:
+            if self._down_until == 0.0 or time.monotonic() >= self._down_until + 10:
+                log.warning("redis unavailable: %s", exc)
+            self._down_until = time.monotonic() + self.RETRY_AFTER
+            raise CacheError(str(exc)) from None
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call("get", key)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        await self._call("set", key, value, px=int(ttl * 1000) if ttl else None)
+
+    async def add(self, key: str, value: bytes) -> bool:
+        return bool(await self._call("set", key, value, nx=True))
+
+    # one atomic step, so a counter can never be left without its expiry
+    _INCR_WITH_EXPIRY = ("local n = redis.call('INCR', KEYS[1]) "
+                         "if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n")
+
+    async def incr(self, key: str, ttl: float) -> int:
+        return int(await self._call("eval", self._INCR_WITH_EXPIRY, 1, key, int(ttl * 1000)))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("ping"))
+        except CacheError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def open_cache(url: str, timeout: float, max_entries: int) -> MemoryCache | RedisCache:
+    """The cache a --cache-url names: memory:// or redis://host:port/db."""
+    if url.startswith("memory:"):
+        return MemoryCache(max_entries)
+    return RedisCache(url, timeout)
