@@ -9,7 +9,7 @@ from tornado.web import url
 
 from server.services import Invalid, Unavailable
 
-from .base import ApiError, ApiHandler
+from .base import PublicError, ApiHandler
 from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn,
                       HelloOut, SlowOut)
 
@@ -28,7 +28,7 @@ class HelloApiHandler(ApiHandler):
         try:
             return self.services.greeting.greet(name)
         except Invalid as exc:
-            raise ApiError(422, exc.message, field=exc.field) from None
+            raise PublicError(422, exc.message, field=exc.field) from None
 
 
 class EchoHandler(ApiHandler):
@@ -45,9 +45,9 @@ class SlowHandler(ApiHandler):
         raw = self.get_query_argument("ms", None)
         limit = self.config.slow_max_ms
         if raw is None:
-            raise ApiError(422, "ms: required", field="ms")
+            raise PublicError(422, "ms: required", field="ms")
         if not raw.isdigit() or int(raw) > limit:
-            raise ApiError(422, f"ms: must be a whole number from 0 to {limit}", field="ms")
+            raise PublicError(422, f"ms: must be a whole number from 0 to {limit}", field="ms")
         requested = int(raw)
         started = time.perf_counter()
         await asyncio.sleep(requested / 1000)
@@ -63,9 +63,9 @@ class ComputeHandler(ApiHandler):
         try:
             result = await self.services.compute.count_primes(body.n)
         except Invalid as exc:
-            raise ApiError(422, exc.message, field=exc.field) from None
+            raise PublicError(422, exc.message, field=exc.field) from None
         except Unavailable as exc:
-            raise ApiError(503, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+            raise PublicError(503, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         self.write_model(ComputeOut(n=result.n, primes=result.primes,
                                     elapsed_ms=round(result.elapsed_ms, 3),
                                     cpu_ms=round(result.cpu_ms, 3)))
@@ -80,7 +80,7 @@ class FetchHandler(ApiHandler):
         try:
             results = await self.services.outbound.fetch_all(body.urls, body.method)
         except Invalid as exc:
-            raise ApiError(422, exc.message, field=exc.field) from None
+            raise PublicError(422, exc.message, field=exc.field) from None
         self.write_model(FetchOut(
             results=[FetchResultOut(**dataclasses.asdict(r)) for r in results],
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3)))
@@ -92,7 +92,7 @@ class ApiNotFoundHandler(ApiHandler):
     SUPPORTED_METHODS = ApiHandler.SUPPORTED_METHODS
 
     def prepare(self) -> None:
-        raise ApiError(404, f"no API route {self.request.path}")
+        raise PublicError(404, f"no API route {self.request.path}")
 
 
 default_handlers = [

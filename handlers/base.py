@@ -19,7 +19,7 @@ ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 JSON_TYPES = ("application/json",)
 
 
-class ApiError(tornado.web.HTTPError):
+class PublicError(tornado.web.HTTPError):
     """An HTTP error whose message is safe to show the client (and names the field at fault)."""
 
     def __init__(self, status_code: int, message: str, field: str | None = None,
@@ -32,7 +32,7 @@ class ApiError(tornado.web.HTTPError):
 
 def client_message(status_code: int, exc: BaseException | None) -> str:
     """The message a client may see for an error: never exception text of a server fault."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, PublicError):
         return exc.message
     if isinstance(exc, tornado.web.HTTPError) and status_code < 500 and exc.log_message:
         # Tornado's own 4xx messages ("Missing argument x", "'_xsrf' argument missing") are for clients
@@ -86,6 +86,9 @@ class PageHandler(BaseHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
         exc = exc_info[1] if exc_info else None
+        if isinstance(exc, PublicError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         details = None
@@ -109,7 +112,7 @@ class ApiHandler(BaseHandler):
         super().prepare()
         state = self.server_state
         if state.api_in_flight >= self.config.max_concurrency:
-            raise ApiError(503, f"server busy: {state.api_in_flight} API requests in flight; "
+            raise PublicError(503, f"server busy: {state.api_in_flight} API requests in flight; "
                            "retry shortly", headers={"Retry-After": "1"})
         state.api_in_flight += 1
         self._holds_slot = True
@@ -135,7 +138,7 @@ class ApiHandler(BaseHandler):
         exc_info = kwargs.get("exc_info")
         exc = exc_info[1] if exc_info else None
         error: dict[str, Any] = {"status": status_code, "message": client_message(status_code, exc)}
-        if isinstance(exc, ApiError):
+        if isinstance(exc, PublicError):
             for name, value in exc.headers.items():
                 self.set_header(name, value)
             if exc.field:
@@ -149,7 +152,7 @@ class ApiHandler(BaseHandler):
         content_type = self.request.headers.get("Content-Type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type not in JSON_TYPES and not media_type.endswith("+json"):
-            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'")
+            raise PublicError(415, "send the body as JSON with 'Content-Type: application/json'")
         return self.request.body
 
     def json_body(self) -> Any:
@@ -158,7 +161,7 @@ class ApiHandler(BaseHandler):
         try:
             return json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
-            raise ApiError(400, f"malformed JSON: {_json_problem(exc)}") from None
+            raise PublicError(400, f"malformed JSON: {_json_problem(exc)}") from None
 
     def parse_model(self, model: type[ModelT]) -> ModelT:
         """The body validated against a request model: 400 for bad JSON, 422 naming the field."""
@@ -169,20 +172,20 @@ class ApiHandler(BaseHandler):
             raise validation_error(exc) from None
 
 
-def validation_error(exc: pydantic.ValidationError) -> ApiError:
+def validation_error(exc: pydantic.ValidationError) -> PublicError:
     """Map the first problem pydantic found to a 400 (not JSON) or a 422 (wrong field)."""
     first = exc.errors(include_url=False, include_context=False)[0]
     if first["type"] == "json_invalid":
-        return ApiError(400, f"malformed JSON: {first['msg'].removeprefix('Invalid JSON: ')}")
+        return PublicError(400, f"malformed JSON: {first['msg'].removeprefix('Invalid JSON: ')}")
     field = ".".join(str(part) for part in first["loc"])
     if not field:
-        return ApiError(422, "the body must be a JSON object", field="body")
+        return PublicError(422, "the body must be a JSON object", field="body")
     message = first["msg"]
     if first["type"] == "missing":
         message = "required"
     elif first["type"] == "extra_forbidden":
         message = "unknown field"
-    return ApiError(422, f"{field}: {message}", field=field)
+    return PublicError(422, f"{field}: {message}", field=field)
 
 
 def _refuse_constant(name: str) -> Any:

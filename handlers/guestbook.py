@@ -10,7 +10,7 @@ from tornado.web import url
 
 from server.services import Invalid, NotFound, RateLimited, Unavailable
 
-from .base import ApiError, ApiHandler, PageHandler
+from .base import PublicError, ApiHandler, PageHandler
 from .schemas import MessageIn, MessageListOut, MessageOut
 
 
@@ -30,7 +30,7 @@ class MessagesHandler(ApiHandler):
         try:
             page = await self.services.guestbook.list_messages(limit, before)
         except Invalid as exc:
-            raise ApiError(422, exc.message, field=exc.field) from None
+            raise PublicError(422, exc.message, field=exc.field) from None
         except Unavailable as exc:
             raise unavailable(exc) from None
         self.set_header("Cache-Control", "no-cache")
@@ -43,9 +43,9 @@ class MessagesHandler(ApiHandler):
             message = await self.services.guestbook.post_message(body.name, body.text,
                                                                  self.request.remote_ip or "")
         except Invalid as exc:
-            raise ApiError(422, exc.message, field=exc.field) from None
+            raise PublicError(422, exc.message, field=exc.field) from None
         except RateLimited as exc:
-            raise ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+            raise PublicError(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         except Unavailable as exc:
             raise unavailable(exc) from None
         self.set_header("Location", self.reverse_url("api-message", message.id))
@@ -59,7 +59,7 @@ class MessageHandler(ApiHandler):
         try:
             message = await self.services.guestbook.get_message(_message_id(message_id))
         except NotFound as exc:
-            raise ApiError(404, exc.message) from None
+            raise PublicError(404, exc.message) from None
         except Unavailable as exc:
             raise unavailable(exc) from None
         self.write_model(MessageOut(**message.to_json()))
@@ -69,7 +69,7 @@ class MessageHandler(ApiHandler):
         try:
             await self.services.guestbook.delete_message(_message_id(message_id))
         except NotFound as exc:
-            raise ApiError(404, exc.message) from None
+            raise PublicError(404, exc.message) from None
         except Unavailable as exc:
             raise unavailable(exc) from None
         self.set_status(204)
@@ -78,24 +78,24 @@ class MessageHandler(ApiHandler):
     def _require_admin(self) -> None:
         token = self.config.admin_token
         if token is None:
-            raise ApiError(403, "deleting messages is disabled: the server has no --admin-token")
+            raise PublicError(403, "deleting messages is disabled: the server has no --admin-token")
         given = self.request.headers.get("Authorization", "")
         if not given.startswith("Bearer "):
-            raise ApiError(401, "send 'Authorization: Bearer <admin token>'",
+            raise PublicError(401, "send 'Authorization: Bearer <admin token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="guestbook"'})
         if not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
-            raise ApiError(403, "wrong admin token")
+            raise PublicError(403, "wrong admin token")
 
 
 def _message_id(text: str) -> int:
     if not text.isdigit() or len(text) > 18:
-        raise ApiError(404, f"no message {text}")
+        raise PublicError(404, f"no message {text}")
     return int(text)
 
 
-def unavailable(exc: Unavailable) -> ApiError:
+def unavailable(exc: Unavailable) -> PublicError:
     """A 503 for a service outage, with Retry-After."""
-    return ApiError(503, exc.message, headers={"Retry-After": str(exc.retry_after)})
+    return PublicError(503, exc.message, headers={"Retry-After": str(exc.retry_after)})
 
 
 class GuestbookPageHandler(PageHandler):
@@ -110,7 +110,7 @@ class GuestbookPageHandler(PageHandler):
         try:
             await self.services.guestbook.post_message(name, text, self.request.remote_ip or "")
         except Invalid as exc:
-            await self._render(422, errors={exc.field: exc.message}, name=name, text=text)
+            await self._render(422, errors={exc.field: exc.reason}, name=name, text=text)
             return
         except RateLimited as exc:
             self.set_header("Retry-After", str(exc.retry_after))
@@ -127,9 +127,9 @@ class GuestbookPageHandler(PageHandler):
         except Invalid:
             raise tornado.web.HTTPError(404, "There is no such page of messages") from None
         except Unavailable:
-            self.set_header("Retry-After", "2")
-            raise tornado.web.HTTPError(503, "The guestbook cannot be read right now: its "
-                                             "database is unavailable. Please try again shortly.")
+            raise PublicError(503, "The guestbook cannot be read right now: its database is "
+                                   "unavailable. Please try again shortly.",
+                              headers={"Retry-After": "2"}) from None
         self.set_status(status)
         self.render("guestbook.html", page=page, errors=errors or {}, name=name, text=text,
                     before=before, limits=self.services.guestbook)

@@ -16,6 +16,7 @@ class Invalid(ServiceError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
 
 
 class NotFound(ServiceError):

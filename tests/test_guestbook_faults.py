@@ -1,0 +1,133 @@
+"""Guestbook faults with real components: SIGKILL after writes, PostgreSQL and Redis stopped and restarted."""
+import asyncio
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import tornado.websocket
+
+from conftest import json_of
+
+
+def post_message(base_url, i):
+    """POST one message over a new connection; returns its id when the server said 201."""
+    request = urllib.request.Request(
+        base_url + "/api/messages", method="POST",
+        data=json.dumps({"name": f"k{i}", "text": f"durable {i}"}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["id"] if response.status == 201 else None
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return None
+
+
+def all_ids(base_url):
+    ids, before = set(), ""
+    while True:
+        with urllib.request.urlopen(f"{base_url}/api/messages?limit=100{before}", timeout=30) as r:
+            page = json.loads(r.read())
+        ids |= {m["id"] for m in page["messages"]}
+        if page["next_before"] is None:
+            return ids
+        before = f"&before={page['next_before']}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_writes_that_returned_201_survive_sigkill(live_server_factory, tmp_path, request, backend):
+    storage = (["--data-dir", str(tmp_path / "data")] if backend == "sqlite"
+               else ["--db-url", request.getfixturevalue("postgres_url")])
+    server = live_server_factory(*storage, "--post-rate", "off")
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        ids = [i for i in pool.map(lambda i: post_message(server.url, i), range(200)) if i is not None]
+    server.signal(signal.SIGKILL)  # right after the last 201: no chance to flush anything more
+    assert server.wait() == -signal.SIGKILL
+    assert len(ids) == 200
+    restarted = live_server_factory(*storage)
+    assert set(ids) <= all_ids(restarted.url)
+
+
+pytestmark_async = pytest.mark.gen_test(timeout=90)
+
+
+@pytest.fixture
+def server_settings(request, server_settings):
+    """PostgreSQL for the database-outage tests, SQLite + Redis for the cache-outage tests."""
+    if "redis" in request.node.name:
+        return server_settings.replace(cache_url=request.getfixturevalue("redis_url"))
+    if "database" in request.node.name:
+        return server_settings.replace(db_url=request.getfixturevalue("postgres_url"))
+    return server_settings
+
+
+async def in_executor(function, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+@pytestmark_async
+async def test_database_outage_is_503_and_recovers_by_itself(api, postgres_server):
+    created = json_of(await api.post("/api/messages", {"name": "Before", "text": "the outage"}))
+    await in_executor(postgres_server.stop)
+    try:
+        refused = await api.post("/api/messages", {"name": "During", "text": "the outage"})
+        assert refused.code == 503
+        assert "database is unavailable" in json_of(refused)["error"]["message"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert (await api.get(f"/api/messages/{created['id']}")).code == 503
+        assert (await api.get("/api/messages?before=999")).code == 503
+        page = await api.get("/guestbook?before=999")
+        assert page.code == 503 and "database is unavailable" in page.body.decode()
+        assert '<p class="status">503</p>' in page.body.decode()
+        ready = await api.get("/readyz")
+        assert ready.code == 503 and json_of(ready)["checks"]["database"] == "unavailable"
+        assert (await api.get("/healthz")).code == 200  # alive, just not ready
+    finally:
+        await in_executor(postgres_server.start)
+    deadline = time.monotonic() + 20
+    while True:
+        response = await api.post("/api/messages", {"name": "After", "text": "the outage"})
+        if response.code == 201 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert response.code == 201, "did not recover after the database came back"
+    assert (await api.get("/readyz")).code == 200
+    page = json_of(await api.get("/api/messages"))
+    assert [m["text"] for m in page["messages"]] == ["the outage", "the outage"]
+    assert page["count"] == 2
+
+
+@pytestmark_async
+async def test_redis_outage_answers_from_the_database_and_recovers(api, base_url, redis_server):
+    await api.post("/api/messages", {"name": "A", "text": "cached"})
+    assert json_of(await api.get("/api/messages"))["count"] == 1
+    await in_executor(redis_server.stop)
+    try:
+        created = await api.post("/api/messages", {"name": "B", "text": "while redis is down"})
+        assert created.code == 201
+        page = json_of(await api.get("/api/messages"))
+        assert page["count"] == 2 and page["messages"][0]["text"] == "while redis is down"
+        ready = json_of(await api.get("/readyz"))
+        assert ready["status"] == "ready" and ready["checks"]["cache"].startswith("unavailable")
+    finally:
+        await in_executor(redis_server.start)
+    await asyncio.sleep(1.2)  # the cache client stays away for a second after a failure
+    ready = json_of(await api.get("/readyz"))
+    assert ready["checks"]["cache"] == "ok"
+    # live events resume through the re-established subscription
+    conn = await tornado.websocket.websocket_connect(base_url.replace("http", "ws") + "/guestbook/live")
+    deadline = time.monotonic() + 15
+    event = None
+    while event is None and time.monotonic() < deadline:
+        await api.post("/api/messages", {"name": "C", "text": "after redis is back"})
+        try:
+            event = json.loads(await asyncio.wait_for(conn.read_message(), 1.0))
+        except asyncio.TimeoutError:
+            continue
+    assert event is not None and event["message"]["text"] == "after redis is back"
+    conn.close()
+    page = json_of(await api.get("/api/messages"))
+    assert page["messages"][0]["text"] == "after redis is back"
