@@ -46,17 +46,23 @@ async def test_shutdown_closes_live_connections_with_going_away(base_url, http_s
     await stopping
 
 
-async def test_a_message_posted_on_one_instance_reaches_pages_of_another(
-        io_loop, http_client, postgres_url, redis_url, server_settings):
-    """Two servers sharing PostgreSQL and Redis: post through A, the live page on B sees it."""
-    settings = server_settings.replace(db_url=postgres_url, cache_url=redis_url)
+async def start_instances(settings, count=2):
+    """Start `count` servers with the same settings; returns (runtimes, base URLs)."""
     runtimes, urls = [], []
-    for _ in range(2):
+    for _ in range(count):
         sock = bind_sockets(0, "127.0.0.1")[0]
         runtime = ServerRuntime(settings)
         await runtime.start([sock])
         runtimes.append(runtime)
         urls.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    return runtimes, urls
+
+
+async def test_a_message_posted_on_one_instance_reaches_pages_of_another(
+        http_client, postgres_url, redis_url, server_settings):
+    """Two servers sharing PostgreSQL and Redis: post through A, the live page on B sees it."""
+    settings = server_settings.replace(db_url=postgres_url, cache_url=redis_url)
+    runtimes, urls = await start_instances(settings)
     try:
         for runtime in runtimes:
             await asyncio.wait_for(runtime.services.events.connected.wait(), 5)
@@ -73,6 +79,21 @@ async def test_a_message_posted_on_one_instance_reaches_pages_of_another(
         assert page["messages"][0] == created
         live_a.close()
         live_b.close()
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+async def test_rate_limit_is_shared_by_instances_through_redis(http_client, postgres_url, redis_url,
+                                                               server_settings):
+    settings = server_settings.replace(db_url=postgres_url, cache_url=redis_url, post_rate=(2, 60.0))
+    runtimes, urls = await start_instances(settings)
+    try:
+        a, b = Api(http_client, urls[0]), Api(http_client, urls[1])
+        assert (await a.post("/api/messages", {"name": "R", "text": "1"})).code == 201
+        assert (await b.post("/api/messages", {"name": "R", "text": "2"})).code == 201
+        assert (await a.post("/api/messages", {"name": "R", "text": "3"})).code == 429
+        assert (await b.post("/api/messages", {"name": "R", "text": "4"})).code == 429
     finally:
         for runtime in runtimes:
             await runtime.stop()
