@@ -346,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default
         shown = _show(default)
         shown = "off" if shown is None or shown == "" else shown
-        help_text = f"{meta['help']} [default: {shown}; env {_env_name(f.name)}]"
+        if "[default:" in meta["help"]:  # the help states a default that is not a plain value
+            help_text = meta["help"].replace("]", f"; env {_env_name(f.name)}]")
+        else:
+            help_text = f"{meta['help']} [default: {shown}; env {_env_name(f.name)}]"
         if meta["parse"] is parse_bool:
             groups[meta["group"]].add_argument(
                 _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,

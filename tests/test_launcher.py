@@ -171,3 +171,14 @@ def test_second_signal_forces_exit(live_server_factory):
         with pytest.raises(Exception):
             slow.result(timeout=10)
     assert "forcing exit" in server.stderr
+
+
+def test_unreachable_database_at_start_exits_1_with_one_line():
+    from dbservers import free_port
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    started = time.monotonic()
+    result = run_server("--port", "0", "--db-url", url, "--db-startup-wait", "1")
+    assert result.returncode == 1
+    assert "cannot open the database postgresql+asyncpg://postgres@127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 15
