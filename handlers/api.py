@@ -10,6 +10,7 @@ from tornado.web import url
 from server.services import Invalid, Unavailable
 
 from .base import PublicError, ApiHandler
+from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs
 from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn,
                       HelloOut, SlowOut)
 
@@ -17,9 +18,19 @@ from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, 
 class HelloApiHandler(ApiHandler):
     """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
 
+    @documented("Greet someone (Anonymous without a name)",
+                path={"name": Param("string", "who to greet, percent-encoded", example="ada")},
+                responses={200: HelloOut,
+                           422: "the name in the path is longer than --max-name-length characters "
+                                "or holds control characters"})
     async def get(self, name: str | None = None) -> None:
         self.write_model(HelloOut(message=self._greet(name)))
 
+    @documented("Greet the name in the body",
+                request=HelloIn, request_example={"name": "Grace"},
+                responses={200: HelloOut,
+                           422: "the name is longer than --max-name-length characters or holds "
+                                "control characters"})
     async def post(self) -> None:
         body = self.parse_model(HelloIn)
         self.write_model(HelloOut(message=self._greet(body.name)))
@@ -31,9 +42,19 @@ class HelloApiHandler(ApiHandler):
             raise PublicError(422, exc.message, field=exc.field) from None
 
 
+class HelloNameApiHandler(HelloApiHandler):
+    """GET /api/hello/<name>: the greeting for the name in the path (POST only at /api/hello)."""
+
+    post = ApiHandler.post  # Tornado's own 405: a name in the path takes no body
+
+
 class EchoHandler(ApiHandler):
     """POST /api/echo: answer with the JSON document that was sent (size-limited)."""
 
+    @documented("Answer with the JSON document that was sent",
+                description="Any JSON document up to --max-body-size: objects, arrays and scalars.",
+                request=ANY_JSON, request_example=[1, {"two": 2}],
+                responses={200: Response("the JSON document that was sent", body=ANY_JSON)})
     async def post(self) -> None:
         self.write_json(self.json_body())
 
@@ -41,6 +62,11 @@ class EchoHandler(ApiHandler):
 class SlowHandler(ApiHandler):
     """GET /api/slow?ms=N: wait N ms without blocking the event loop."""
 
+    @documented("Wait without blocking the event loop",
+                query={"ms": Param({"type": "integer", "minimum": 0},
+                                   "milliseconds to wait, at most --slow-max-ms", True, 50)},
+                responses={200: SlowOut,
+                           422: "ms is missing, not a whole number or above --slow-max-ms"})
     async def get(self) -> None:
         raw = self.get_query_argument("ms", None)
         limit = self.config.slow_max_ms
@@ -58,6 +84,12 @@ class SlowHandler(ApiHandler):
 class ComputeHandler(ApiHandler):
     """POST /api/compute {"n": ...}: count primes ≤ n in the worker pool."""
 
+    @documented("Count the primes up to n in the worker process pool",
+                request=ComputeIn, request_example={"n": 100000},
+                responses={200: ComputeOut,
+                           422: "n is negative or above --compute-max-n",
+                           503: Response("--compute-max-pending jobs are already running or queued",
+                                         headers=("Retry-After",))})
     async def post(self) -> None:
         body = self.parse_model(ComputeIn)
         try:
@@ -74,6 +106,16 @@ class ComputeHandler(ApiHandler):
 class FetchHandler(ApiHandler):
     """POST /api/fetch {"urls": [...], "method": "GET"|"HEAD"}: fetch all concurrently."""
 
+    @documented("Fetch URLs concurrently",
+                description="Every per-URL failure (timeout, refused, non-public address, too "
+                            "large, ...) is reported in that URL's result; the request itself "
+                            "still answers 200.",
+                request=FetchIn,
+                request_example={"urls": ["https://example.org/", "https://example.com/"],
+                                 "method": "GET"},
+                responses={200: FetchOut,
+                           422: "no URLs, more than --outbound-max-urls, or a method other than "
+                                "GET or HEAD"})
     async def post(self) -> None:
         body = self.parse_model(FetchIn)
         started = time.perf_counter()
@@ -86,6 +128,7 @@ class FetchHandler(ApiHandler):
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3)))
 
 
+@excluded_from_docs("the catch-all for unknown /api/ paths; its 404 is the documented error shape")
 class ApiNotFoundHandler(ApiHandler):
     """Any other /api/ path: a JSON 404 for every method."""
 
@@ -97,7 +140,7 @@ class ApiNotFoundHandler(ApiHandler):
 
 default_handlers = [
     url(r"/api/hello", HelloApiHandler, name="api-hello"),
-    url(r"/api/hello/([^/]+)", HelloApiHandler, name="api-hello-name"),
+    url(r"/api/hello/([^/]+)", HelloNameApiHandler, name="api-hello-name"),
     url(r"/api/echo", EchoHandler, name="api-echo"),
     url(r"/api/slow", SlowHandler, name="api-slow"),
     url(r"/api/compute", ComputeHandler, name="api-compute"),

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import traceback
 from typing import Any, Mapping, TypeVar
 
@@ -10,6 +12,7 @@ import tornado.web
 from tornado import httputil
 
 from server import __version__
+from server.accesslog import client_address
 from server.config import Settings
 from server.services import Services
 from server.state import ServerState
@@ -17,6 +20,8 @@ from server.state import ServerState
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
 JSON_TYPES = ("application/json",)
+# an incoming X-Request-ID is echoed only when it is this tame (it ends up in logs)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class PublicError(tornado.web.HTTPError):
@@ -41,7 +46,25 @@ def client_message(status_code: int, exc: BaseException | None) -> str:
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    """Typed access to the server's settings, services and state; common headers."""
+    """Typed access to the server's settings, services and state; common headers, request id."""
+
+    route_name = ""  # the name of the route that matched (metrics label); make_app passes it
+    bytes_sent = 0   # body bytes written, for the access log
+
+    def __init__(self, application: tornado.web.Application, request: httputil.HTTPServerRequest,
+                 route_name: str | None = None, **kwargs: Any) -> None:
+        if route_name:
+            self.route_name = route_name
+        trusted = application.settings["trusted_networks"]
+        if trusted:
+            peer = request.remote_ip
+            request.remote_ip = client_address(peer, request.headers, trusted)
+            proto = request.headers.get("X-Forwarded-Proto", "").lower()
+            if proto in ("http", "https") and request.remote_ip != peer:
+                request.protocol = proto
+        given = request.headers.get("X-Request-ID")
+        self.request_id = given if given and REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
+        super().__init__(application, request, **kwargs)
 
     @property
     def config(self) -> Settings:
@@ -61,6 +84,12 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Server", f"tornado-hps/{__version__}")
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Request-ID", self.request_id)
+
+    def flush(self, include_footers: bool = False) -> Any:
+        if self.request.method != "HEAD":
+            self.bytes_sent += sum(map(len, self._write_buffer))
+        return super().flush(include_footers)
 
     def prepare(self) -> None:
         if self.server_state.draining:

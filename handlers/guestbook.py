@@ -10,7 +10,8 @@ from tornado.web import url
 
 from server.services import Invalid, NotFound, RateLimited, Unavailable
 
-from .base import PublicError, ApiHandler, PageHandler
+from .base import ApiHandler, BaseHandler, PageHandler, PublicError
+from .openapi import Param, Response, documented
 from .schemas import MessageIn, MessageListOut, MessageOut
 
 
@@ -25,6 +26,16 @@ def _int_argument(handler: tornado.web.RequestHandler, name: str) -> Any:
 class MessagesHandler(ApiHandler):
     """GET /api/messages?limit=&before= (newest first) and POST /api/messages."""
 
+    @documented("A page of guestbook messages, newest first",
+                query={"limit": Param({"type": "integer", "minimum": 1},
+                                      "messages per page, at most --max-page-size (default "
+                                      "--page-size)", False, 20),
+                       "before": Param({"type": "integer", "minimum": 1},
+                                       "only messages older than this id: next_before of the "
+                                       "previous page")},
+                responses={200: MessageListOut,
+                           422: "limit or before is not a whole number in range",
+                           503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self) -> None:
         limit, before = _int_argument(self, "limit"), _int_argument(self, "before")
         try:
@@ -37,6 +48,16 @@ class MessagesHandler(ApiHandler):
         self.write_model(MessageListOut(messages=page.messages, next_before=page.next_before,
                                         count=page.count))
 
+    @documented("Sign the guestbook",
+                description="A 201 means the message is on disk. Posting is rate-limited per "
+                            "client (--post-rate).",
+                request=MessageIn, request_example={"name": "Ada", "text": "Hello!"},
+                responses={201: Response("the message was stored", body=MessageOut,
+                                         headers=("Location",)),
+                           422: "name or text is empty, too long or holds control characters",
+                           429: Response("this client posted more often than --post-rate allows",
+                                         headers=("Retry-After",)),
+                           503: Response("the database is unavailable", headers=("Retry-After",))})
     async def post(self) -> None:
         body = self.parse_model(MessageIn)
         try:
@@ -55,6 +76,12 @@ class MessagesHandler(ApiHandler):
 class MessageHandler(ApiHandler):
     """GET /api/messages/<id> and DELETE /api/messages/<id> (admin token only)."""
 
+    @documented("One guestbook message",
+                path={"message_id": Param({"type": "integer", "minimum": 1}, "the message's id",
+                                          example=1)},
+                responses={200: MessageOut,
+                           404: "no message with this id",
+                           503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self, message_id: str) -> None:
         try:
             message = await self.services.guestbook.get_message(_message_id(message_id))
@@ -64,6 +91,16 @@ class MessageHandler(ApiHandler):
             raise unavailable(exc) from None
         self.write_model(MessageOut(**message.to_json()))
 
+    @documented("Delete a guestbook message (admin token)", security="adminToken",
+                path={"message_id": Param({"type": "integer", "minimum": 1}, "the message's id",
+                                          example=1)},
+                responses={204: "the message was deleted",
+                           401: Response("no 'Authorization: Bearer …' header",
+                                         headers=("WWW-Authenticate",)),
+                           403: "wrong admin token, or the server has no --admin-token "
+                                "(deleting is disabled)",
+                           404: "no message with this id",
+                           503: Response("the database is unavailable", headers=("Retry-After",))})
     async def delete(self, message_id: str) -> None:
         self._require_admin()
         try:
@@ -135,7 +172,7 @@ class GuestbookPageHandler(PageHandler):
                     before=before, limits=self.services.guestbook)
 
 
-class LiveHandler(tornado.websocket.WebSocketHandler):
+class LiveHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     """GET /guestbook/live: a WebSocket that pushes every new or deleted message as JSON."""
 
     _unsubscribe = None

@@ -8,6 +8,7 @@ from tornado.web import url
 from server import __version__
 
 from .base import ApiHandler, BaseHandler
+from .openapi import Response, documented
 from .schemas import HealthOut
 
 
@@ -27,6 +28,8 @@ class _ProbeHandler(ApiHandler):
 class HealthHandler(_ProbeHandler):
     """GET /healthz: 200 while the process runs its event loop."""
 
+    @documented("Liveness: 200 while the process runs its event loop", capped=False,
+                responses={200: HealthOut})
     async def get(self) -> None:
         self._report("ok", 200)
 
@@ -36,6 +39,11 @@ class HealthHandler(_ProbeHandler):
 class ReadyHandler(_ProbeHandler):
     """GET /readyz: 200 when serving and the database answers; 503 when draining or it does not."""
 
+    @documented("Readiness: 200 when serving and the database answers", capped=False,
+                responses={200: HealthOut,
+                           503: Response("draining after SIGTERM, or the database does not answer "
+                                         "(status says which)", body=HealthOut,
+                                         headers=("Retry-After",))})
     async def get(self) -> None:
         if self.server_state.draining:
             self.set_header("Retry-After", "5")

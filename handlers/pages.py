@@ -37,6 +37,7 @@ class PageNotFoundHandler(PageHandler):
     """Every path no route matched: a styled 404 page (HTML for browsers)."""
 
     SUPPORTED_METHODS = PageHandler.SUPPORTED_METHODS
+    route_name = "not-found"
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "There is no page at %s", self.request.path)
@@ -48,6 +49,8 @@ class PageNotFoundHandler(PageHandler):
 
 class StaticHandler(tornado.web.StaticFileHandler, PageHandler):
     """Static assets (versioned by static_url, cached for a year) with styled error pages."""
+
+    route_name = "static"
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         PageHandler.write_error(self, status_code, **kwargs)

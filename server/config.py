@@ -151,6 +151,21 @@ def parse_db_url(text: str) -> str | None:
     return str(text)
 
 
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of IP networks (CIDR) or single addresses."""
+    import ipaddress
+    networks = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"not an IP network: {part!r} (use e.g. 10.0.0.0/8,127.0.0.1)") from None
+    return tuple(networks)
+
+
 def choice(*options: str) -> Callable[[str], str]:
     """Build a parser that accepts one of a fixed set of words."""
     def parse(text: str) -> str:
@@ -200,6 +215,10 @@ class Settings:
     cookie_secret: str | None = setting(None, "secret that signs cookies and XSRF tokens "
                                         "(random per start when unset)", str, "http", "SECRET")
 
+    trusted_proxies: tuple[str, ...] = setting((), "proxies (CIDR list) whose X-Forwarded-For / "
+                                               "X-Real-IP / X-Forwarded-Proto headers are believed",
+                                               parse_networks, "http", "CIDRS")
+
     # process
     debug: bool = setting(False, "debug mode: tracebacks on error pages, template reloading",
                           parse_bool, "process")
@@ -207,6 +226,13 @@ class Settings:
                              "process", "LEVEL")
     loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
                         "process", "LOOP")
+    access_log: str = setting("combined", "access log on stderr: combined (nginx/Apache format plus "
+                              "seconds and request id), json (one object per line) or off",
+                              choice("off", "combined", "json"), "process", "FORMAT")
+    metrics: bool = setting(True, "record request metrics (/metrics, /api/stats, the dashboard)",
+                            parse_bool, "process")
+    stats_interval: float = setting(1.0, "seconds between two updates of /api/stats/stream",
+                                    parse_positive_seconds, "process", "SECONDS")
 
     # data: database and cache
     data_dir: Path = setting(Path("data"), "directory for the default SQLite database (created if "

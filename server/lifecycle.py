@@ -16,6 +16,7 @@ from tornado.netutil import bind_sockets
 from .app import make_app
 from .config import ConfigError, Settings
 from .httpserver import DrainingHTTPServer
+from .metrics import Metrics
 from .services import Services, Unavailable, open_services
 from .state import ServerState
 from .tcp import GreetingTCPServer
@@ -50,6 +51,7 @@ class ServerRuntime:
         self.http: DrainingHTTPServer | None = None
         self.tcp: GreetingTCPServer | None = None
         self.services: Services | None = None
+        self.metrics = Metrics(enabled=settings.metrics)
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self, http_sockets: list[socket.socket],
@@ -57,8 +59,10 @@ class ServerRuntime:
         """Open services, then start serving on already-bound sockets."""
         s = self.settings
         try:
-            self.services = await self._stack.enter_async_context(open_services(s))
-            app = make_app(s, self.services, self.state)
+            await self.metrics.start()
+            self._stack.push_async_callback(self.metrics.close)
+            self.services = await self._stack.enter_async_context(open_services(s, self.metrics))
+            app = make_app(s, self.services, self.state, self.metrics)
             self.http = DrainingHTTPServer(
                 app,
                 idle_connection_timeout=s.idle_timeout,
@@ -71,9 +75,24 @@ class ServerRuntime:
             if tcp_sockets:
                 self.tcp = GreetingTCPServer(self.services.greeting, s.tcp_max_line, s.tcp_idle_timeout)
                 self.tcp.add_sockets(tcp_sockets)
+            self._register_gauges()
         except BaseException:
             await self._stack.aclose()
             raise
+
+    def _register_gauges(self) -> None:
+        http, state, services, m = self.http, self.state, self.services, self.metrics
+        assert http is not None and services is not None
+        m.gauge("http_connections_open", "open HTTP connections", lambda: http.connection_count)
+        m.gauge("http_requests_in_flight", "HTTP requests being handled", lambda: len(http.busy))
+        m.gauge("api_requests_in_flight", "API requests counted against --max-concurrency",
+                lambda: state.api_in_flight)
+        m.gauge("tcp_connections_open", "TCP greeting service connections",
+                lambda: self.tcp.connection_count if self.tcp else 0)
+        m.gauge("live_clients", "open live guestbook connections", lambda: len(state.live_clients))
+        m.gauge("compute_jobs_pending", "compute jobs running or queued",
+                lambda: services.compute.pending)
+        m.gauge("server_draining", "1 while shutting down", lambda: int(state.draining))
 
     async def stop(self) -> bool:
         """Drain gracefully and close services in reverse; False if the timeout cut requests off."""

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 import uuid
@@ -221,13 +222,22 @@ class LiveServer:
         self.url = None
         self.tcp_port = None
         self.lines = []
+        # the access log goes to stderr: read it all the time, or a full pipe would stall the server
+        self.stderr_lines = []
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
 
     def wait_ready(self, timeout=20.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise AssertionError(f"server exited early: {self.proc.wait()} {self.proc.stderr.read()}")
+                code = self.wait()
+                raise AssertionError(f"server exited early ({code}): {self.stderr}")
             self.lines.append(line)
             tcp = self.TCP_READY.search(line)
             if tcp:
@@ -244,13 +254,15 @@ class LiveServer:
 
     def wait(self, timeout=30.0):
         code = self.proc.wait(timeout)
-        self.stderr = self.proc.stderr.read()
+        self._stderr_reader.join(5)
+        self.stderr = "".join(self.stderr_lines)
         return code
 
     def stop(self):
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._stderr_reader.join(5)  # it ends at EOF; closing the pipe under it would raise
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()
         if self._data_dir:

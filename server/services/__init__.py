@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ..config import Settings
+from ..metrics import Metrics
 from .cache import Cache, open_cache
 from .compute import ComputeService
 from .database import Database
@@ -36,8 +37,9 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Services]:
     """Open every service in dependency order and close them in reverse on the way out."""
+    metrics = metrics or Metrics(enabled=False)
     async with contextlib.AsyncExitStack() as stack:
         greeting = GreetingService(settings.max_name_length)
         compute = ComputeService(settings.compute_workers, settings.compute_max_pending,
@@ -45,12 +47,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(_closing("compute pool", compute.close))
         outbound = OutboundService(settings.outbound_max_clients, settings.outbound_timeout,
                                    settings.outbound_allow, settings.outbound_max_urls,
-                                   settings.outbound_max_bytes)
+                                   settings.outbound_max_bytes, metrics)
         stack.push_async_callback(_closing("outbound client", outbound.close))
 
-        cache = open_cache(settings.cache_url, settings.cache_timeout, settings.cache_max_entries)
+        cache = open_cache(settings.cache_url, settings.cache_timeout, settings.cache_max_entries,
+                           metrics)
         stack.push_async_callback(_closing(f"{cache.kind} cache", cache.close))
-        db = Database(settings.database_url, settings.db_pool_size, settings.db_timeout)
+        db = Database(settings.database_url, settings.db_pool_size, settings.db_timeout, metrics)
         stack.push_async_callback(_closing("database", db.close))
         await db.open(wait=settings.db_startup_wait)
         redis_url = None if settings.cache_url.startswith("memory:") else settings.cache_url

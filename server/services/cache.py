@@ -86,7 +86,7 @@ class RedisCache:
     kind = "redis"
     RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so an outage costs no latency
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, metrics: Any = None) -> None:
         import redis.asyncio as aioredis
         from redis.exceptions import RedisError
 
@@ -94,13 +94,20 @@ class RedisCache:
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
         self._down_until = 0.0
+        self.metrics = metrics
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if time.monotonic() < self._down_until:
             raise CacheError("redis unavailable (recent failure)")
+        started = time.perf_counter()
         try:
-            return await getattr(self.client, method)(*args, **kwargs)
+            result = await getattr(self.client, method)(*args, **kwargs)
+            if self.metrics is not None:
+                self.metrics.observe_cache(method, True, time.perf_counter() - started)
+            return result
         except self._errors as exc:
+            if self.metrics is not None:
+                self.metrics.observe_cache(method, False, time.perf_counter() - started)
             if self._down_until == 0.0 or time.monotonic() >= self._down_until + 10:
                 log.warning("redis unavailable: %s", exc)
             self._down_until = time.monotonic() + self.RETRY_AFTER
@@ -132,8 +139,9 @@ class RedisCache:
         await self.client.aclose()
 
 
-def open_cache(url: str, timeout: float, max_entries: int) -> MemoryCache | RedisCache:
-    """The cache a --cache-url names: memory:// or redis://host:port/db."""
+def open_cache(url: str, timeout: float, max_entries: int,
+               metrics: Any = None) -> MemoryCache | RedisCache:
+    """The cache a --cache-url names: memory:// or redis://host:port/db (Redis calls are timed)."""
     if url.startswith("memory:"):
         return MemoryCache(max_entries)
-    return RedisCache(url, timeout)
+    return RedisCache(url, timeout, metrics)

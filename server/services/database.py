@@ -76,8 +76,9 @@ def default_sqlite_url(data_dir: Path) -> str:
 class Database:
     """An AsyncEngine with the pragmas, timeouts and pool a server needs, and its migrations."""
 
-    def __init__(self, url: str, pool_size: int, timeout: float) -> None:
+    def __init__(self, url: str, pool_size: int, timeout: float, metrics: Any = None) -> None:
         self.url = make_url(url)
+        self.metrics = metrics
         self.timeout = timeout
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -113,21 +114,31 @@ class Database:
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection, with 'cannot reach the database' turned into Unavailable."""
+        started, ok = time.perf_counter(), False
         try:
             async with self.engine.connect() as conn:
                 yield conn
+            ok = True
         except DATABASE_DOWN as exc:
             raise Unavailable(f"the database is unavailable: {type(exc).__name__}", 2) from exc
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_db("read", ok, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction (serialised on SQLite), committed when the block ends."""
         async with self.write_lock:
+            started, ok = time.perf_counter(), False
             try:
                 async with self.engine.begin() as conn:
                     yield conn
+                ok = True
             except DATABASE_DOWN as exc:
                 raise Unavailable(f"the database is unavailable: {type(exc).__name__}", 2) from exc
+            finally:
+                if self.metrics is not None:
+                    self.metrics.observe_db("write", ok, time.perf_counter() - started)
 
     async def migrate(self) -> list[int]:
         """Bring the schema up to date; safe to run twice and concurrently. Returns applied versions."""

@@ -167,11 +167,23 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _result_kind(result: FetchResult) -> str:
+    """A small, fixed set of labels for outbound metrics."""
+    if result.error is None:
+        return "ok" if result.ok else "http_error"
+    for prefix, kind in (("refused", "refused"), ("timeout", "timeout"), ("response larger", "too_large"),
+                         ("connection refused", "connect_error"), ("cannot resolve", "dns_error")):
+        if result.error.startswith(prefix):
+            return kind
+    return "invalid" if result.status is None and result.time_ms == 0 else "error"
+
+
 class OutboundService:
     """Fetches many URLs concurrently through one owned client, bounded in count, time and size."""
 
     def __init__(self, max_clients: int, timeout: float, allow: tuple[str, ...], max_urls: int,
-                 max_bytes: int) -> None:
+                 max_bytes: int, metrics: Any = None) -> None:
+        self.metrics = metrics
         self.timeout = timeout
         self.max_urls = max_urls
         self.max_bytes = max_bytes
@@ -197,6 +209,12 @@ class OutboundService:
 
     async def fetch_one(self, url: str, method: str) -> FetchResult:
         """Fetch one URL; every failure is described in the result, never raised."""
+        result = await self._fetch_one(url, method)
+        if self.metrics is not None:
+            self.metrics.observe_outbound(_result_kind(result), result.time_ms / 1000)
+        return result
+
+    async def _fetch_one(self, url: str, method: str) -> FetchResult:
         problem = _check_url(url)
         if problem:
             return FetchResult(url=url, ok=False, error=problem)

@@ -1,0 +1,263 @@
+"""What the server measures about itself: Prometheus metrics and a rolling summary for /api/stats."""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import resource
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+
+# Latency buckets shared by Prometheus and the in-process summary: 100 µs .. 30 s
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01,
+                   0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
+                   7.5, 10.0, 15.0, 30.0)
+TIMELINE_SECONDS = 120
+SUMMARY_WINDOW = 10  # seconds of history behind the p50/p99 in /api/stats
+
+
+class BucketCounts:
+    """Counts per latency bucket; quantiles by linear interpolation inside a bucket."""
+
+    __slots__ = ("counts", "total", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += 1
+        self.sum += seconds
+
+    def merge(self, other: "BucketCounts") -> None:
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
+        self.total += other.total
+        self.sum += other.sum
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile in seconds (None without data)."""
+        if not self.total:
+            return None
+        rank = q * self.total
+        seen = 0
+        for i, count in enumerate(self.counts):
+            if count and seen + count >= rank:
+                low = LATENCY_BUCKETS[i - 1] if i > 0 else 0.0
+                high = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else LATENCY_BUCKETS[-1] * 2
+                return low + (high - low) * ((rank - seen) / count)
+            seen += count
+        return LATENCY_BUCKETS[-1]
+
+
+@dataclass
+class RouteSummary:
+    """Since-start totals for one route."""
+
+    latency: BucketCounts = field(default_factory=BucketCounts)
+    errors: int = 0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class Metrics:
+    """The Prometheus registry of one server process plus the rolling view the dashboard shows."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.started = time.time()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("http_request_duration_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.loop_lag = Histogram("event_loop_lag_seconds", "how late a periodic timer fired",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.outbound = Counter("outbound_requests", "outbound HTTP requests by result", ["result"],
+                                registry=r)
+        self.outbound_latency = Histogram("outbound_request_duration_seconds",
+                                          "outbound HTTP request latency", buckets=LATENCY_BUCKETS,
+                                          registry=r)
+        self.db_latency = Histogram("db_call_duration_seconds", "database call latency",
+                                    ["operation", "result"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_latency = Histogram("cache_call_duration_seconds", "cache call latency",
+                                       ["operation", "result"], buckets=LATENCY_BUCKETS, registry=r)
+        ProcessCollector(registry=r)
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        r.register(_FunctionGauges(self._gauges))
+        self.last_loop_lag = 0.0
+        # rolling per-second view for /api/stats and the dashboard
+        self._second = int(time.time())
+        self._current = BucketCounts()
+        self._current_errors = 0
+        self._timeline: deque[tuple[int, BucketCounts, int]] = deque(maxlen=TIMELINE_SECONDS)
+        self._routes: dict[str, RouteSummary] = {}
+        self.total_requests = 0
+        self._lag_task: asyncio.Task[None] | None = None
+
+    # --- sources the server plugs in ---
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Expose a value read at scrape time (open connections, requests in flight...)."""
+        self._gauges[name] = (help_text, read)
+
+    # --- recording (hot path: keep it small) ---
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished HTTP request."""
+        if not self.enabled:
+            return
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        now = int(time.time())
+        if now != self._second:
+            self._roll(now)
+        self._current.add(seconds)
+        summary = self._routes.get(route)
+        if summary is None:
+            summary = self._routes[route] = RouteSummary()
+        summary.latency.add(seconds)
+        if status >= 500:
+            self._current_errors += 1
+            summary.errors += 1
+        self.total_requests += 1
+
+    def observe_outbound(self, result: str, seconds: float) -> None:
+        """Count one outbound request ("ok", "http_error", "timeout", "refused", ...)."""
+        if self.enabled:
+            self.outbound.labels(result).inc()
+            self.outbound_latency.observe(seconds)
+
+    def observe_db(self, operation: str, ok: bool, seconds: float) -> None:
+        """Time one database call."""
+        if self.enabled:
+            self.db_latency.labels(operation, "ok" if ok else "error").observe(seconds)
+
+    def observe_cache(self, operation: str, ok: bool, seconds: float) -> None:
+        """Time one cache call."""
+        if self.enabled:
+            self.cache_latency.labels(operation, "ok" if ok else "error").observe(seconds)
+
+    def _roll(self, now: int) -> None:
+        self._timeline.append((self._second, self._current, self._current_errors))
+        # seconds with no request at all still belong on the timeline
+        for second in range(max(self._second + 1, now - TIMELINE_SECONDS), now):
+            self._timeline.append((second, BucketCounts(), 0))
+        self._second = now
+        self._current = BucketCounts()
+        self._current_errors = 0
+
+    # --- event-loop lag ---
+
+    async def start(self, interval: float = 0.1) -> None:
+        """Start measuring event-loop lag."""
+        self._lag_task = asyncio.create_task(self._measure_lag(interval))
+
+    async def _measure_lag(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - before - interval)
+            self.last_loop_lag = lag
+            if self.enabled:
+                self.loop_lag.observe(lag)
+
+    async def close(self) -> None:
+        """Stop the lag task."""
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            try:
+                await self._lag_task
+            except asyncio.CancelledError:
+                pass
+
+    # --- reading ---
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of every metric of this process."""
+        return generate_latest(self.registry)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary behind /api/stats and the dashboard."""
+        now = int(time.time())
+        if now != self._second:
+            self._roll(now)
+        window = BucketCounts()
+        recent = [entry for entry in self._timeline if entry[0] >= now - SUMMARY_WINDOW]
+        for _, counts, _ in recent:
+            window.merge(counts)
+        window.merge(self._current)  # the second in progress counts too
+        last = self._timeline[-1] if self._timeline and self._timeline[-1][0] == now - 1 else None
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        gauges = {name: read() for name, (_, read) in self._gauges.items()}
+        return {
+            "time": time.time(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "pid": os.getpid(),
+            "metrics_enabled": self.enabled,
+            "requests": {
+                "total": self.total_requests,
+                "per_second": last[1].total if last else 0,
+                "errors_per_second": last[2] if last else 0,
+                "in_flight": gauges.get("http_requests_in_flight", 0),
+            },
+            "latency_ms": {"p50": _ms(window.quantile(0.5)), "p90": _ms(window.quantile(0.9)),
+                           "p99": _ms(window.quantile(0.99)), "window_s": SUMMARY_WINDOW},
+            "connections": {"http": gauges.get("http_connections_open", 0),
+                            "tcp": gauges.get("tcp_connections_open", 0),
+                            "live": gauges.get("live_clients", 0)},
+            "event_loop_lag_ms": round(self.last_loop_lag * 1000, 3),
+            "process": {"rss_bytes": _rss_bytes(), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+                        "open_fds": _open_fds()},
+            "routes": sorted(({
+                "route": route, "count": s.latency.total, "errors": s.errors,
+                "mean_ms": _ms(s.latency.sum / s.latency.total) if s.latency.total else None,
+                "p50_ms": _ms(s.latency.quantile(0.5)), "p99_ms": _ms(s.latency.quantile(0.99)),
+            } for route, s in self._routes.items()), key=lambda r: -r["count"]),
+            "timeline": [{"t": second, "rps": counts.total, "errors": errors,
+                          "p50_ms": _ms(counts.quantile(0.5)), "p99_ms": _ms(counts.quantile(0.99))}
+                         for second, counts, errors in list(self._timeline)[-60:]],
+        }
+
+
+class _FunctionGauges:
+    """A Prometheus collector for values read at scrape time."""
+
+    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Any:
+        for name, (help_text, read) in list(self._gauges.items()):
+            family = GaugeMetricFamily(name, help_text)
+            family.add_metric([], float(read()))
+            yield family
+
+    def describe(self) -> list[Any]:
+        return []
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1

@@ -1,0 +1,36 @@
+"""The live dashboard in headless Chromium while `python -m bench` loads the server."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.browser
+
+
+def number(page, selector):
+    text = page.inner_text(selector).strip()
+    return float(text) if text not in ("", "–") else 0.0
+
+
+def test_dashboard_charts_move_under_load(page, live_server, artifacts_dir):
+    page.set_viewport_size({"width": 1280, "height": 1100})
+    page.goto(live_server.url + "/dashboard")
+    page.wait_for_selector("#live-status[data-state=live]", timeout=5000)
+    assert page.locator(".uplot").count() == 4  # the vendored charting library drew four charts
+    total_before = number(page, "#stat-total")
+    load = subprocess.Popen(
+        [sys.executable, "-m", "bench", live_server.url + "/api/hello/dashboard", "-c", "20",
+         "--duration", "4s", "--no-progress", "-q"],
+        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # the numbers on the page climb while the load runs, without a reload
+        page.wait_for_function("Number(document.getElementById('stat-rps').textContent) > 50",
+                               timeout=6000)
+        page.wait_for_timeout(1500)
+        assert number(page, "#stat-total") > total_before + 100
+        assert page.locator("#routes tbody tr td >> text=api-hello-name").count() == 1
+        page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+    finally:
+        assert load.wait(30) == 0

@@ -1,0 +1,183 @@
+"""Metrics, /api/stats and its stream, request ids, access log lines and trusted proxies."""
+import asyncio
+import json
+import re
+import signal
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import json_of
+
+gen_test = pytest.mark.gen_test(timeout=30)
+
+
+def samples(text, name):
+    """{labels-tuple: value} of one metric's samples in a Prometheus exposition."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def scrape(api):
+    response = await api.get("/metrics")
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return response.body.decode()
+
+
+@gen_test
+async def test_metrics_count_requests_by_route_method_and_status(api):
+    key = (("method", "GET"), ("route", "api-hello-name"), ("status", "200"))
+    before = samples(await scrape(api), "http_requests_total").get(key, 0)
+    for _ in range(3):
+        await api.get("/api/hello/metrics")
+    await api.get("/api/nope")
+    text = await scrape(api)
+    counts = samples(text, "http_requests_total")
+    assert counts[key] == before + 3
+    assert counts[(("method", "GET"), ("route", "api-not-found"), ("status", "404"))] == 1
+    latency = samples(text, "http_request_duration_seconds_count")
+    assert latency[(("route", "api-hello-name"),)] >= 3
+    for gauge in ("http_connections_open", "http_requests_in_flight", "tcp_connections_open",
+                  "live_clients", "process_resident_memory_bytes", "process_open_fds",
+                  "process_cpu_seconds_total", "event_loop_lag_seconds_count"):
+        assert samples(text, gauge), gauge
+    assert list(samples(text, "http_connections_open").values())[0] >= 1
+
+
+@gen_test
+async def test_database_cache_and_outbound_calls_are_timed(api, upstream):
+    await api.post("/api/messages", {"name": "M", "text": "timed"})
+    await api.get("/api/messages?before=99")
+    await api.post("/api/fetch", {"urls": [upstream + "/page", "http://10.1.2.3/"]})
+    text = await scrape(api)
+    db = samples(text, "db_call_duration_seconds_count")
+    assert db[(("operation", "write"), ("result", "ok"))] >= 1
+    assert db[(("operation", "read"), ("result", "ok"))] >= 1
+    outbound = samples(text, "outbound_requests_total")
+    assert outbound[(("result", "ok"),)] == 1
+    assert outbound[(("result", "refused"),)] == 1
+
+
+@gen_test
+async def test_stats_summarise_the_same(api):
+    for _ in range(5):
+        await api.get("/api/hello/stats")
+    stats = json_of(await api.get("/api/stats"))
+    assert stats["requests"]["total"] >= 5
+    route = next(r for r in stats["routes"] if r["route"] == "api-hello-name")
+    assert route["count"] == 5 and route["errors"] == 0 and route["p99_ms"] > 0
+    assert stats["connections"]["http"] >= 1
+    assert stats["process"]["rss_bytes"] > 10 * 1024 * 1024 and stats["process"]["open_fds"] > 0
+    assert stats["event_loop_lag_ms"] >= 0
+    assert stats["latency_ms"]["p50"] is not None
+    assert isinstance(stats["timeline"], list)
+
+
+@pytest.mark.server_settings(stats_interval=0.2)
+@gen_test
+async def test_stats_stream_sends_events(http_client, base_url):
+    events = []
+
+    def on_chunk(chunk):
+        for block in chunk.decode().split("\n\n"):
+            if block.startswith("data: "):
+                events.append(json.loads(block[len("data: "):]))
+
+    fetch = http_client.fetch(base_url + "/api/stats/stream", streaming_callback=on_chunk,
+                              request_timeout=60, raise_error=False)
+    for _ in range(50):
+        if len(events) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(events) >= 3
+    assert events[-1]["uptime_s"] > events[0]["uptime_s"]
+    fetch.cancel()
+
+
+@gen_test
+async def test_request_ids(api):
+    given = await api.get("/api/hello/x", headers={"X-Request-ID": "req-42.abc:1"})
+    assert given.headers["X-Request-ID"] == "req-42.abc:1"
+    for bad in ("has spaces", "x" * 200, "semi;colon"):
+        response = await api.get("/api/hello/x", headers={"X-Request-ID": bad})
+        assert re.fullmatch(r"[0-9a-f]{16}", response.headers["X-Request-ID"])
+    generated = {(await api.get(path)).headers["X-Request-ID"]
+                 for path in ("/api/hello", "/nope", "/static/css/site.css", "/api/nope")}
+    assert len(generated) == 4
+
+
+@pytest.mark.server_settings(post_rate=(1, 60.0), trusted_proxies=("127.0.0.0/8",))
+@gen_test
+async def test_forwarded_client_address_from_a_trusted_proxy(api):
+    first = await api.post("/api/messages", {"name": "A", "text": "1"}, headers={"X-Forwarded-For": "203.0.113.7"})
+    other = await api.post("/api/messages", {"name": "B", "text": "2"},
+                           headers={"X-Forwarded-For": "198.51.100.9, 127.0.0.1"})
+    again = await api.post("/api/messages", {"name": "A", "text": "3"}, headers={"X-Real-IP": "203.0.113.7"})
+    assert (first.code, other.code, again.code) == (201, 201, 429)
+
+
+@pytest.mark.server_settings(post_rate=(1, 60.0))
+@gen_test
+async def test_forwarded_headers_from_untrusted_peers_are_ignored(api):
+    first = await api.post("/api/messages", {"name": "A", "text": "1"}, headers={"X-Forwarded-For": "203.0.113.7"})
+    spoofed = await api.post("/api/messages", {"name": "B", "text": "2"}, headers={"X-Forwarded-For": "198.51.100.9"})
+    assert (first.code, spoofed.code) == (201, 429)
+
+
+def _get(url, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_json_access_log_lines_parse_and_carry_the_request_id(live_server_factory):
+    server = live_server_factory("--access-log", "json", "--trusted-proxies", "127.0.0.1/32")
+    _get(server.url + "/api/hello/log?x=1", {"X-Request-ID": "trace-json-1", "User-Agent": "pytest-agent"})
+    _get(server.url + "/missing", {"X-Request-ID": "trace-json-2", "X-Forwarded-For": "192.0.2.44"})
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    lines = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
+    first = next(line for line in lines if line["request_id"] == "trace-json-1")
+    assert first["method"] == "GET" and first["path"] == "/api/hello/log?x=1" and first["status"] == 200
+    assert first["bytes"] == len(b'{"message":"Hello, log"}') and first["duration_ms"] >= 0
+    assert first["client"] == "127.0.0.1" and first["user_agent"] == "pytest-agent"
+    assert first["pid"] == server.proc.pid and first["time"].endswith("Z")
+    second = next(line for line in lines if line["request_id"] == "trace-json-2")
+    assert second["status"] == 404 and second["client"] == "192.0.2.44"
+
+
+def test_combined_access_log_format(live_server_factory):
+    server = live_server_factory("--access-log", "combined")
+    _get(server.url + "/api/hello/combined", {"X-Request-ID": "trace-combined", "Referer": "http://r/",
+                                              "User-Agent": 'agent "quoted"'})
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    line = next(line for line in server.stderr.splitlines() if "trace-combined" in line)
+    match = re.fullmatch(r'(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)" ([\d.]+) (\S+)', line)
+    assert match, line
+    client, stamp, request_line, status, size, referer, agent, seconds, request_id = match.groups()
+    assert client == "127.0.0.1" and request_line == "GET /api/hello/combined HTTP/1.1"
+    assert status == "200" and int(size) == len(b'{"message":"Hello, combined"}')
+    assert referer == "http://r/" and agent == "agent \\x22quoted\\x22" and request_id == "trace-combined"
+    assert re.fullmatch(r"\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000", stamp)
+
+
+def test_access_log_off_and_metrics_off(live_server_factory):
+    server = live_server_factory("--access-log", "off", "--no-metrics")
+    _get(server.url + "/api/hello/quiet", {"X-Request-ID": "trace-off"})
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert not samples(text, "http_requests_total")
+    assert samples(text, "process_resident_memory_bytes")
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert "trace-off" not in server.stderr
