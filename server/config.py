@@ -226,6 +226,9 @@ class Settings:
                              "process", "LEVEL")
     loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
                         "process", "LOOP")
+    engine: str = setting("tornado", "HTTP/1.1 engine under the Tornado application: tornado "
+                          "(Tornado's HTTPServer) or fast (asyncio protocol + httptools)",
+                          choice("tornado", "fast"), "process", "ENGINE")
     access_log: str = setting("combined", "access log on stderr: combined (nginx/Apache format plus "
                               "seconds and request id), json (one object per line) or off",
                               choice("off", "combined", "json"), "process", "FORMAT")

@@ -42,6 +42,17 @@ def bound_port(sockets: list[socket.socket]) -> int:
     return sockets[0].getsockname()[1]
 
 
+def make_http_server(app: object, settings: Settings) -> DrainingHTTPServer:
+    """The HTTP/1.1 server of the chosen engine, with the settings' timeouts and limits."""
+    options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
+                   max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
+                   decompress_request=False)
+    if settings.engine == "fast":
+        from .engine import FastHTTPServer
+        return FastHTTPServer(app, **options)  # type: ignore[return-value]
+    return DrainingHTTPServer(app, **options)
+
+
 class ServerRuntime:
     """One running server: services, the Application, its HTTP server and the TCP service."""
 
@@ -63,14 +74,7 @@ class ServerRuntime:
             self._stack.push_async_callback(self.metrics.close)
             self.services = await self._stack.enter_async_context(open_services(s, self.metrics))
             app = make_app(s, self.services, self.state, self.metrics)
-            self.http = DrainingHTTPServer(
-                app,
-                idle_connection_timeout=s.idle_timeout,
-                body_timeout=s.body_timeout,
-                max_header_size=s.max_header_size,
-                max_body_size=s.max_body_size,
-                decompress_request=False,
-            )
+            self.http = make_http_server(app, s)
             self.http.add_sockets(http_sockets)
             if tcp_sockets:
                 self.tcp = GreetingTCPServer(self.services.greeting, s.tcp_max_line, s.tcp_idle_timeout)

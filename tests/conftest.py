@@ -101,14 +101,24 @@ def _unused_port():
     return sock, sock.getsockname()[1]
 
 
+# Every in-process server test runs on each HTTP engine listed here
+ENGINES = ["tornado"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """The HTTP/1.1 engine under test."""
+    return request.param
+
+
 @pytest.fixture
-def server_settings(request, tmp_path):
+def server_settings(request, tmp_path, engine):
     """Test settings: loopback, one compute worker, 127.0.0.1 fetchable; @pytest.mark.server_settings(...) overrides."""
     marker = request.node.get_closest_marker("server_settings")
     overrides = dict(marker.kwargs) if marker else {}
     base = Settings(address="127.0.0.1", port=0, compute_workers=1, log_level="warning",
                     outbound_allow=("127.0.0.1",), cookie_secret="test-cookie-secret",
-                    data_dir=tmp_path / "data", post_rate=None)
+                    data_dir=tmp_path / "data", post_rate=None, engine=engine)
     return base.replace(**overrides)
 
 
