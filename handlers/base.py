@@ -86,6 +86,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Request-ID", self.request_id)
 
+    def finish(self, chunk: Any = None) -> Any:
+        if self.server_state.draining and not self._headers_written:
+            # this process is going away: the client should not reuse the connection
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
     def flush(self, include_footers: bool = False) -> Any:
         if self.request.method != "HEAD":
             self.bytes_sent += sum(map(len, self._write_buffer))

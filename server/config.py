@@ -82,6 +82,17 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_process_count(text: str) -> int:
+    """Parse a process count; 0 means one per CPU core."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 (one per core) or more, got {value}")
+    return value or max(1, os.cpu_count() or 1)
+
+
 def parse_bool(text: str) -> bool:
     """Parse a yes/no value as written in an environment variable."""
     lowered = str(text).strip().lower()
@@ -207,6 +218,10 @@ class Settings:
                                    "Retry-After", parse_positive_int, "http", "N")
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM",
                                       parse_seconds, "http", "SECONDS")
+    drain_idle_grace: float = setting(1.0, "on shutdown, seconds a keep-alive connection that just "
+                                      "finished a response may still send one more request "
+                                      "(answered with Connection: close) before it is closed",
+                                      parse_seconds, "http", "SECONDS")
     drain_grace: float = setting(0.0, "seconds between /readyz turning 503 and closing the "
                                  "listener on SIGTERM (lets a load balancer notice)",
                                  parse_seconds, "http", "SECONDS")
@@ -220,6 +235,11 @@ class Settings:
                                                parse_networks, "http", "CIDRS")
 
     # process
+    processes: int = setting(1, "server processes, each with its own SO_REUSEPORT socket under a "
+                             "supervising parent (0 = one per CPU core)", parse_process_count,
+                             "process", "N")
+    max_restarts: int = setting(5, "child crashes within a minute after which the supervisor "
+                                "gives up and exits non-zero", parse_positive_int, "process", "N")
     debug: bool = setting(False, "debug mode: tracebacks on error pages, template reloading",
                           parse_bool, "process")
     log_level: str = setting("info", "log level", choice("debug", "info", "warning", "error"),

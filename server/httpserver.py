@@ -60,6 +60,7 @@ class DrainingHTTPServer(HTTPServer):
         super().initialize(*args, **kwargs)
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
         self.busy: set[HTTP1ServerConnection] = set()
+        self.idle_since: dict[HTTP1ServerConnection, float] = {}
         self.draining = False
         self._lingering: set[asyncio.Task[None]] = set()
 
@@ -69,15 +70,15 @@ class DrainingHTTPServer(HTTPServer):
         return len(self._connections)
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
+        # called when a connection is ready for its next request: it is idle from now on
         self.busy.discard(server_conn)  # type: ignore[arg-type]
-        if self.draining:
-            # the previous response is out; don't wait for another request on this connection
-            server_conn.stream.close()  # type: ignore[attr-defined]
+        self.idle_since[server_conn] = time.monotonic()  # type: ignore[index]
         inner = super().start_request(server_conn, request_conn)
         return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
 
     def on_close(self, server_conn: object) -> None:
         self.busy.discard(server_conn)  # type: ignore[arg-type]
+        self.idle_since.pop(server_conn, None)  # type: ignore[call-overload]
         super().on_close(server_conn)
 
     def reject_too_large(self, request_conn: HTTP1Connection, path: str, length: int) -> None:
@@ -118,18 +119,22 @@ class DrainingHTTPServer(HTTPServer):
         finally:
             stream.close()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
         """Stop accepting, let requests in flight finish (up to timeout), then close everything.
 
-        Returns True when every request finished in time, False when some had to be cut off.
+        While draining every response says `Connection: close`. A keep-alive connection that has
+        been idle for `idle_grace` is closed; one that just finished a response gets that long
+        for the client's next request (answered, with `Connection: close`) so a busy client
+        never sends into a connection we are closing. Returns False if requests were cut off.
         """
         self.draining = True
-        self.stop()  # close the listening sockets: new connections are refused from here on
-        for conn in list(self._connections):
-            if conn not in self.busy:
-                conn.stream.close()
+        self.stop()  # stop accepting: with no other holder of the socket, new connections are refused
         deadline = time.monotonic() + timeout
-        while self.busy and time.monotonic() < deadline:
+        while self._connections and time.monotonic() < deadline:
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if conn not in self.busy and now - self.idle_since.get(conn, 0.0) >= idle_grace:
+                    conn.stream.close()
             await asyncio.sleep(0.02)
         finished = not self.busy
         if not finished:

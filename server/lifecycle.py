@@ -111,7 +111,8 @@ class ServerRuntime:
                 self.tcp.stop()
             clean = True
             if self.http is not None:
-                clean = await self.http.drain(self.settings.shutdown_timeout)
+                clean = await self.http.drain(self.settings.shutdown_timeout,
+                                              self.settings.drain_idle_grace)
             if self.tcp is not None:
                 await self.tcp.shutdown(timeout=1.0)
             return clean
