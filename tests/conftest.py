@@ -102,7 +102,7 @@ def _unused_port():
 
 
 # Every in-process server test runs on each HTTP engine listed here
-ENGINES = ["tornado"]
+ENGINES = ["tornado", "fast"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -215,7 +215,7 @@ async def raw_http(port, data, timeout=5.0, host="127.0.0.1"):
 class LiveServer:
     """A `python -m server` subprocess started with --port 0; knows its URL once ready."""
 
-    READY = re.compile(r"Serving on (http://\S+/) \(pid (\d+)\)")
+    READY = re.compile(r"Serving on (http://\S+/) \(pid (\d+)[,)]")
     TCP_READY = re.compile(r"TCP greeting service on ([\d.]+):(\d+)")
 
     def __init__(self, *args, env=None):
@@ -228,7 +228,8 @@ class LiveServer:
         environment.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", *self.args], cwd=PROJECT_ROOT, env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group: stop() takes workers down too
         self.url = None
         self.tcp_port = None
         self.lines = []
@@ -269,9 +270,11 @@ class LiveServer:
         return code
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and any worker it forked
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
         self._stderr_reader.join(5)  # it ends at EOF; closing the pipe under it would raise
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()
