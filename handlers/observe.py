@@ -15,8 +15,9 @@ from .openapi import Response, documented
 
 
 def _stats(handler: BaseHandler) -> dict:
+    cluster = handler.application.settings.get("cluster")
     metrics: Metrics = handler.application.settings["metrics"]
-    summary = metrics.summary()
+    summary = cluster.summary() if cluster is not None else metrics.summary()
     summary["version"] = __version__
     summary["draining"] = handler.server_state.draining
     return summary
@@ -28,7 +29,9 @@ class MetricsHandler(BaseHandler):
     async def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(self.application.settings["metrics"].prometheus_text())
+        cluster = self.application.settings.get("cluster")
+        source = cluster if cluster is not None else self.application.settings["metrics"]
+        self.finish(source.prometheus_text())
 
 
 class StatsHandler(ApiHandler):

@@ -19,7 +19,7 @@ from .state import ServerState
 
 
 def make_app(settings: Settings, services: Services, state: ServerState,
-             metrics: Metrics | None = None) -> tornado.web.Application:
+             metrics: Metrics | None = None, cluster: object | None = None) -> tornado.web.Application:
     """Build the Tornado Application for these settings, opened services and runtime state."""
     metrics = metrics or Metrics(enabled=settings.metrics)
     routes = [*pages.default_handlers, *health.default_handlers, *api.default_handlers,
@@ -51,4 +51,5 @@ def make_app(settings: Settings, services: Services, state: ServerState,
         services=services,
         state=state,
         metrics=metrics,
+        cluster=cluster,  # a ClusterView under --processes N: /metrics and /api/stats of all workers
     )

@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from tornado.netutil import bind_sockets
 
 from .app import make_app
 from .config import ConfigError, Settings
+from .cluster import ClusterView
 from .httpserver import DrainingHTTPServer
 from .metrics import Metrics
 from .services import Services, Unavailable, open_services
@@ -28,10 +30,10 @@ EXIT_FORCED = 1
 EXIT_CONFIG = 2
 
 
-def bind(address: str, port: int, backlog: int) -> list[socket.socket]:
+def bind(address: str, port: int, backlog: int, reuse_port: bool = False) -> list[socket.socket]:
     """Bind listening sockets now, so a port in use is a clear ConfigError before anything opens."""
     try:
-        return bind_sockets(port, address or None, backlog=backlog)
+        return bind_sockets(port, address or None, backlog=backlog, reuse_port=reuse_port)
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise ConfigError(f"cannot listen on {address or '*'}:{port}: {reason}") from None
@@ -56,8 +58,9 @@ def make_http_server(app: object, settings: Settings) -> DrainingHTTPServer:
 class ServerRuntime:
     """One running server: services, the Application, its HTTP server and the TCP service."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: int | None = None) -> None:
         self.settings = settings
+        self.worker = worker  # the slot under a --processes supervisor, None when alone
         self.state = ServerState()
         self.http: DrainingHTTPServer | None = None
         self.tcp: GreetingTCPServer | None = None
@@ -73,13 +76,20 @@ class ServerRuntime:
             await self.metrics.start()
             self._stack.push_async_callback(self.metrics.close)
             self.services = await self._stack.enter_async_context(open_services(s, self.metrics))
-            app = make_app(s, self.services, self.state, self.metrics)
+            cluster = None
+            cluster_dir = os.environ.get("TORNADO_HPS_CLUSTER_DIR")
+            if self.worker is not None and cluster_dir:
+                cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
+            app = make_app(s, self.services, self.state, self.metrics, cluster)
             self.http = make_http_server(app, s)
             self.http.add_sockets(http_sockets)
             if tcp_sockets:
                 self.tcp = GreetingTCPServer(self.services.greeting, s.tcp_max_line, s.tcp_idle_timeout)
                 self.tcp.add_sockets(tcp_sockets)
             self._register_gauges()
+            if cluster is not None:
+                await cluster.start()
+                self._stack.push_async_callback(cluster.close)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -133,10 +143,10 @@ class ServerRuntime:
 
 async def serve(settings: Settings, http_sockets: list[socket.socket],
                 tcp_sockets: list[socket.socket] | None = None,
-                announce: Callable[[str], None] = print) -> int:
+                announce: Callable[[str], None] = print, worker: int | None = None) -> int:
     """Run the server until SIGTERM/SIGINT, drain, and return the process exit code."""
     loop = asyncio.get_running_loop()
-    runtime = ServerRuntime(settings)
+    runtime = ServerRuntime(settings, worker)
     await runtime.start(http_sockets, tcp_sockets)
 
     stop_requested = asyncio.Event()
@@ -175,6 +185,9 @@ async def serve(settings: Settings, http_sockets: list[socket.socket],
 
 def run(settings: Settings) -> int:
     """Bind, then run the event loop of the chosen implementation until shutdown."""
+    if settings.processes > 1:
+        from .supervisor import run_supervised
+        return run_supervised(settings, run_child, bind)
     http_sockets = bind(settings.address, settings.port, settings.backlog)
     tcp_sockets = None
     if settings.tcp_port is not None:
@@ -183,7 +196,24 @@ def run(settings: Settings) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    main = serve(settings, http_sockets, tcp_sockets, announce)
+    return run_loop(settings, serve(settings, http_sockets, tcp_sockets, announce))
+
+
+def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
+    """One worker under the supervisor: serve on the slot's sockets, report readiness on a pipe."""
+    from .supervisor import READY
+
+    def announce(line: str) -> None:
+        if line.startswith("Serving on"):
+            os.write(ready_fd, READY)
+            os.close(ready_fd)
+
+    return run_loop(settings, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
+                                    announce, worker=slot.index))  # type: ignore[attr-defined]
+
+
+def run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine on the event loop implementation the settings name."""
     if settings.loop == "uvloop":
         try:
             import uvloop

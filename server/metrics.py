@@ -189,47 +189,92 @@ class Metrics:
         """The Prometheus exposition of every metric of this process."""
         return generate_latest(self.registry)
 
-    def summary(self) -> dict[str, Any]:
-        """The JSON summary behind /api/stats and the dashboard."""
+    def snapshot(self) -> dict[str, Any]:
+        """Everything summary() needs, as plain data that survives JSON (to merge processes)."""
         now = int(time.time())
         if now != self._second:
             self._roll(now)
-        window = BucketCounts()
-        recent = [entry for entry in self._timeline if entry[0] >= now - SUMMARY_WINDOW]
-        for _, counts, _ in recent:
-            window.merge(counts)
-        window.merge(self._current)  # the second in progress counts too
-        last = self._timeline[-1] if self._timeline and self._timeline[-1][0] == now - 1 else None
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        gauges = {name: read() for name, (_, read) in self._gauges.items()}
         return {
-            "time": time.time(),
-            "uptime_s": round(time.time() - self.started, 3),
-            "pid": os.getpid(),
-            "metrics_enabled": self.enabled,
-            "requests": {
-                "total": self.total_requests,
-                "per_second": last[1].total if last else 0,
-                "errors_per_second": last[2] if last else 0,
-                "in_flight": gauges.get("http_requests_in_flight", 0),
-            },
-            "latency_ms": {"p50": _ms(window.quantile(0.5)), "p90": _ms(window.quantile(0.9)),
-                           "p99": _ms(window.quantile(0.99)), "window_s": SUMMARY_WINDOW},
-            "connections": {"http": gauges.get("http_connections_open", 0),
-                            "tcp": gauges.get("tcp_connections_open", 0),
-                            "live": gauges.get("live_clients", 0)},
-            "event_loop_lag_ms": round(self.last_loop_lag * 1000, 3),
-            "process": {"rss_bytes": _rss_bytes(), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "pid": os.getpid(), "time": time.time(), "started": self.started, "second": now,
+            "enabled": self.enabled, "total": self.total_requests,
+            "timeline": [[second, c.counts, c.total, c.sum, errors]
+                         for second, c, errors in self._timeline],
+            "current": [now, self._current.counts, self._current.total, self._current.sum,
+                        self._current_errors],
+            "routes": {route: [r.latency.counts, r.latency.total, r.latency.sum, r.errors]
+                       for route, r in self._routes.items()},
+            "gauges": {name: read() for name, (_, read) in self._gauges.items()},
+            "loop_lag": self.last_loop_lag,
+            "process": {"rss_bytes": _rss_bytes(),
+                        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
                         "open_fds": _open_fds()},
-            "routes": sorted(({
-                "route": route, "count": s.latency.total, "errors": s.errors,
-                "mean_ms": _ms(s.latency.sum / s.latency.total) if s.latency.total else None,
-                "p50_ms": _ms(s.latency.quantile(0.5)), "p99_ms": _ms(s.latency.quantile(0.99)),
-            } for route, s in self._routes.items()), key=lambda r: -r["count"]),
-            "timeline": [{"t": second, "rps": counts.total, "errors": errors,
-                          "p50_ms": _ms(counts.quantile(0.5)), "p99_ms": _ms(counts.quantile(0.99))}
-                         for second, counts, errors in list(self._timeline)[-60:]],
         }
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary of this process behind /api/stats and the dashboard."""
+        return merge_snapshots([self.snapshot()])
+
+
+def _counts(raw: list[Any]) -> BucketCounts:
+    counts = BucketCounts()
+    counts.counts, counts.total, counts.sum = list(raw[0]), raw[1], raw[2]
+    return counts
+
+
+def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for one or several processes: sums, and quantiles of merged histograms."""
+    now = max(snap["second"] for snap in snapshots)
+    per_second: dict[int, tuple[BucketCounts, list[int]]] = {}
+    routes: dict[str, RouteSummary] = {}
+    gauges: dict[str, float] = {}
+    for snap in snapshots:
+        for second, counts, total, total_sum, errors in [*snap["timeline"], snap["current"]]:
+            bucket, err = per_second.setdefault(second, (BucketCounts(), [0]))
+            bucket.merge(_counts([counts, total, total_sum]))
+            err[0] += errors
+        for route, (counts, total, total_sum, errors) in snap["routes"].items():
+            summary = routes.setdefault(route, RouteSummary())
+            summary.latency.merge(_counts([counts, total, total_sum]))
+            summary.errors += errors
+        for name, value in snap["gauges"].items():
+            gauges[name] = gauges.get(name, 0) + value
+    window = BucketCounts()
+    for second, (counts, _) in per_second.items():
+        if second >= now - SUMMARY_WINDOW:
+            window.merge(counts)
+    last = per_second.get(now - 1)
+    timeline = [(second, *per_second[second]) for second in sorted(per_second) if second < now][-60:]
+    return {
+        "time": time.time(),
+        "uptime_s": round(time.time() - min(snap["started"] for snap in snapshots), 3),
+        "pid": snapshots[0]["pid"],
+        "workers": [{"pid": snap["pid"], "requests": snap["total"],
+                     "rss_bytes": snap["process"]["rss_bytes"]} for snap in snapshots],
+        "metrics_enabled": all(snap["enabled"] for snap in snapshots),
+        "requests": {
+            "total": sum(snap["total"] for snap in snapshots),
+            "per_second": last[0].total if last else 0,
+            "errors_per_second": last[1][0] if last else 0,
+            "in_flight": gauges.get("http_requests_in_flight", 0),
+        },
+        "latency_ms": {"p50": _ms(window.quantile(0.5)), "p90": _ms(window.quantile(0.9)),
+                       "p99": _ms(window.quantile(0.99)), "window_s": SUMMARY_WINDOW},
+        "connections": {"http": gauges.get("http_connections_open", 0),
+                        "tcp": gauges.get("tcp_connections_open", 0),
+                        "live": gauges.get("live_clients", 0)},
+        "event_loop_lag_ms": round(max(snap["loop_lag"] for snap in snapshots) * 1000, 3),
+        "process": {key: sum(snap["process"][key] for snap in snapshots)
+                    for key in ("rss_bytes", "cpu_seconds", "open_fds")},
+        "routes": sorted(({
+            "route": route, "count": s.latency.total, "errors": s.errors,
+            "mean_ms": _ms(s.latency.sum / s.latency.total) if s.latency.total else None,
+            "p50_ms": _ms(s.latency.quantile(0.5)), "p99_ms": _ms(s.latency.quantile(0.99)),
+        } for route, s in routes.items()), key=lambda r: -r["count"]),
+        "timeline": [{"t": second, "rps": counts.total, "errors": errors[0],
+                      "p50_ms": _ms(counts.quantile(0.5)), "p99_ms": _ms(counts.quantile(0.99))}
+                     for second, counts, errors in timeline],
+    }
 
 
 class _FunctionGauges:

@@ -1,0 +1,273 @@
+"""FastHTTPServer: listeners, timeouts, limits and graceful drain for the fast engine's connections."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import Any, Callable
+
+from tornado import httputil
+
+from .connection import Connection, ParserSink
+
+log = logging.getLogger("server.http")
+
+TORNADO_IDLE_TIMEOUT = 3600.0  # what Tornado's HTTPServer uses when idle_connection_timeout is unset
+DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # Tornado's default (its max_buffer_size)
+CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
+
+
+def listen_backlog(sock: socket.socket) -> int:
+    """The backlog a listening socket was given, so that asyncio's listen() call keeps it.
+
+    Linux reports it as tcpi_sacked in TCP_INFO of a listening socket; elsewhere SOMAXCONN.
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        backlog = struct.unpack_from("I", info, 28)[0]
+        if backlog > 0:
+            return backlog
+    except (OSError, AttributeError, struct.error):
+        pass
+    return socket.SOMAXCONN
+
+
+def _callable_starter(callback: Callable[[httputil.HTTPServerRequest], None]) -> Callable[..., Any]:
+    from tornado.httpserver import _CallableAdapter
+
+    def start(server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _CallableAdapter(callback, request_conn)
+    return start
+
+
+class FastHTTPServer:
+    """An HTTP/1.1 server for a Tornado Application on asyncio protocols and the llhttp parser.
+
+    It offers what the rest of the server uses of DrainingHTTPServer: add_sockets, stop,
+    drain, close_all_connections, connection_count, busy, draining and request_callback.
+    A connection is busy from the moment its request head is complete until its response is
+    finished (or it closes). Idle and head timeouts share one timer (idle_connection_timeout),
+    like Tornado's; body_timeout bounds how long a request body may take to arrive.
+    """
+
+    def __init__(self, request_callback: Any, *, idle_connection_timeout: float | None = None,
+                 body_timeout: float | None = None, max_header_size: int | None = None,
+                 max_body_size: int | None = None, decompress_request: bool = False,
+                 protocol: str | None = None) -> None:
+        self.request_callback = request_callback
+        self.idle_timeout = idle_connection_timeout or TORNADO_IDLE_TIMEOUT
+        self.body_timeout = body_timeout or None
+        self.max_header_size = max_header_size or 65536
+        self.max_body_size = max_body_size or DEFAULT_MAX_BODY_SIZE
+        self.protocol = protocol or "http"
+        self.decompress = decompress_request
+        if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
+            self._start = request_callback.start_request
+        else:
+            self._start = _callable_starter(request_callback)
+        if not decompress_request:
+            self.start_request = self._start  # type: ignore[method-assign]  # skip a call per request
+        self.busy: set[Connection] = set()
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Future[None] | None = None  # the already-resolved future of uncongested writes
+        self.sink = ParserSink(self)
+        self._connections: set[Connection] = set()
+        self._detached: set[Connection] = set()
+        # connections waiting for a request head -> deadline; insertion order is deadline order
+        # (one timeout for all), so the sweep stops at the first one still in time
+        self._waiting_head: dict[Connection, float] = {}
+        self._reading_body: dict[Connection, float] = {}
+        timeouts = [t for t in (self.idle_timeout, self.body_timeout) if t]
+        self._tick = max(0.05, min(1.0, min(timeouts) / 10))
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._pending: set[socket.socket] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    # --- what the rest of the server uses ---
+
+    @property
+    def connection_count(self) -> int:
+        """Open HTTP connections (not counting ones taken over by WebSockets)."""
+        return len(self._connections)
+
+    def add_sockets(self, sockets: list[socket.socket]) -> None:
+        """Serve on already-bound listening sockets (their listen backlog is kept)."""
+        loop = asyncio.get_running_loop()
+        self._bind(loop)
+        for sock in sockets:
+            self._pending.add(sock)
+            task = loop.create_task(self._listen(sock, listen_backlog(sock)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        """Stop accepting: close the listening sockets, so new connections are refused."""
+        self._stopped = True
+        for sock in self._pending:
+            sock.close()
+        self._pending.clear()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
+        """Stop accepting, let requests in flight finish (up to timeout), then close everything.
+
+        While draining every response says `Connection: close` and its connection closes once it
+        is sent. A keep-alive connection that has been idle for idle_grace is closed; one that
+        went idle more recently gets the rest of that time (a client may be sending into it right
+        now). Returns True when every request finished in time, False when some were cut off.
+        """
+        self.draining = True
+        self.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._connections and loop.time() < deadline:
+            # _waiting_head holds idle connections with deadline = idle since + idle_timeout
+            cutoff = loop.time() - idle_grace + self.idle_timeout
+            idle = []
+            for conn, since in self._waiting_head.items():
+                if since > cutoff:
+                    break
+                idle.append(conn)
+            for conn in idle:
+                conn.close_transport()
+            await asyncio.sleep(0.02)
+        finished = not self.busy
+        if not finished:
+            log.warning("shutdown timeout: cutting off %d request(s) still in flight", len(self.busy))
+        await self.close_all_connections()
+        return finished
+
+    async def close_all_connections(self) -> None:
+        """Close every connection now (requests in flight and WebSockets included) and wait."""
+        for conn in [*self._connections, *self._detached]:
+            transport = conn.transport
+            if transport is None:
+                continue
+            if transport.get_write_buffer_size():
+                conn.abort()
+            else:
+                conn.close_transport()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_WAIT_SECONDS
+        while (self._connections or self._detached) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        if self._stopped and self._sweeper is not None and not self._connections:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    # --- listening ---
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.loop is loop:
+            return
+        self.loop = loop
+        self.done = loop.create_future()
+        self.done.set_result(None)
+        self._schedule_sweep()
+
+    async def _listen(self, sock: socket.socket, backlog: int) -> None:
+        if sock not in self._pending:
+            return  # stop() came first and closed it
+        self._pending.discard(sock)
+        try:
+            server = await self.loop.create_server(self._new_connection, sock=sock, backlog=backlog,
+                                                   start_serving=False)
+        except Exception:
+            log.exception("cannot serve on %s", sock)
+            sock.close()
+            return
+        self._servers.append(server)
+        if self._stopped:
+            server.close()
+            return
+        await server.start_serving()
+
+    def _new_connection(self) -> Connection:
+        return Connection(self)
+
+    # --- bookkeeping the connections report ---
+
+    def start_request(self, conn: Connection, exchange: Any) -> httputil.HTTPMessageDelegate:
+        """A new message delegate of the application for one request (gunzipping if asked)."""
+        delegate = self._start(conn, exchange)
+        if self.decompress:
+            from tornado.http1connection import _GzipMessageDelegate
+            delegate = _GzipMessageDelegate(delegate, 65536, exchange.max_body_size)
+        return delegate
+
+    def connection_made(self, conn: Connection) -> None:
+        """A client connected: it has idle_timeout to send a request head."""
+        self._connections.add(conn)
+        self.idle(conn)
+        if self._sweeper is None:
+            self._schedule_sweep()
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection is gone."""
+        self._connections.discard(conn)
+        self._detached.discard(conn)
+        self.busy.discard(conn)
+        self._waiting_head.pop(conn, None)
+        self._reading_body.pop(conn, None)
+
+    def idle(self, conn: Connection) -> None:
+        """The connection now waits for a request head (the idle/head timer starts)."""
+        waiting = self._waiting_head
+        waiting.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
+        waiting[conn] = self.loop.time() + self.idle_timeout
+
+    def head_arrived(self, conn: Connection) -> None:
+        """A complete request head arrived: the idle/head timer stops."""
+        self._waiting_head.pop(conn, None)
+
+    def body_started(self, conn: Connection, timeout: float) -> None:
+        """The body timer starts."""
+        self._reading_body[conn] = self.loop.time() + timeout
+
+    def body_ended(self, conn: Connection) -> None:
+        """The body is complete: the body timer stops."""
+        if self._reading_body:
+            self._reading_body.pop(conn, None)
+
+    def closing(self, conn: Connection) -> None:
+        """The connection is closing: no timers, not busy."""
+        self.busy.discard(conn)
+        self._waiting_head.pop(conn, None)
+        self._reading_body.pop(conn, None)
+
+    def detached(self, conn: Connection) -> None:
+        """The connection was taken over (WebSocket): it is no HTTP connection any more."""
+        self.closing(conn)
+        self._connections.discard(conn)
+        self._detached.add(conn)
+
+    # --- timeouts ---
+
+    def _schedule_sweep(self) -> None:
+        if self._stopped and not self._connections:
+            self._sweeper = None
+            return
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        expired = []
+        for conn, deadline in self._waiting_head.items():
+            if deadline > now:
+                break
+            expired.append(conn)
+        for conn in expired:
+            self._waiting_head.pop(conn, None)
+            conn.timed_out(reading_body=False)
+        if self._reading_body:
+            late = [conn for conn, deadline in self._reading_body.items() if deadline <= now]
+            for conn in late:
+                self._reading_body.pop(conn, None)
+                conn.timed_out(reading_body=True)
+        self._schedule_sweep()
