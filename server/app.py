@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import secrets
 
 import tornado.web
 
@@ -38,7 +37,7 @@ def make_app(settings: Settings, services: Services, state: ServerState,
         static_path=str(STATIC_PATH),
         static_handler_class=StaticHandler,
         xsrf_cookies=True,
-        cookie_secret=settings.cookie_secret or secrets.token_urlsafe(32),
+        cookie_secret=services.cookie_secret,
         # debug's autoreload would re-exec the process behind the launcher's back: take its parts
         serve_traceback=settings.debug,
         compiled_template_cache=not settings.debug,

@@ -228,7 +228,8 @@ class Settings:
     files: Path | None = setting(None, "serve this directory read-only at /files/ (off by default)",
                                  parse_existing_dir, "http", "DIR")
     cookie_secret: str | None = setting(None, "secret that signs cookies and XSRF tokens "
-                                        "(random per start when unset)", str, "http", "SECRET")
+                                        "[default: one kept in the database, shared by every "
+                                        "instance using it]", str, "http", "SECRET")
 
     trusted_proxies: tuple[str, ...] = setting((), "proxies (CIDR list) whose X-Forwarded-For / "
                                                "X-Real-IP / X-Forwarded-Proto headers are believed",

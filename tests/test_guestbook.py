@@ -174,7 +174,7 @@ async def test_migrations_are_safe_to_run_again(http_server, server_settings):
         assert await again.migrate() == []
         async with again.connect() as conn:
             versions = (await conn.execute(sa.select(schema_migrations.c.version))).scalars().all()
-        assert versions == [1]
+        assert versions == [1, 2]
     finally:
         await again.close()
 

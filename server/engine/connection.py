@@ -111,14 +111,15 @@ class ParserSink:
     connection; `conn` says which connection the current feed_data call belongs to.
     """
 
-    __slots__ = ("conn", "server", "names", "methods", "on_message_begin", "on_url", "on_header",
-                 "on_headers_complete", "on_body", "on_message_complete")
+    __slots__ = ("conn", "server", "names", "methods", "waiting_head", "on_message_begin", "on_url",
+                 "on_header", "on_headers_complete", "on_body", "on_message_complete")
 
     def __init__(self, server: "FastHTTPServer") -> None:
         self.conn: Connection | None = None
         self.server = server
         self.names: dict[bytes, str] = {}
         self.methods: dict[bytes, str] = {}
+        self.waiting_head = server.waiting_head
         self.on_message_begin = self._message_begin
         self.on_url = self._url
         self.on_header = self._header
@@ -128,7 +129,7 @@ class ParserSink:
 
     def _message_begin(self) -> None:
         conn = self.conn
-        ex = Exchange(conn, self.server)
+        ex = Exchange(conn)
         if conn.current is None:
             conn.current = ex
         else:
@@ -196,17 +197,19 @@ class ParserSink:
         ex.start_line = _new_tuple(RequestStartLine, (method, url.decode("latin-1"), version))
         ex.headers = make_headers(as_list)
         ex.head_done = True
-        ex.upgrade = parser.should_upgrade()
+        if ("Upgrade" in as_list or method == "CONNECT") and parser.should_upgrade():
+            ex.upgrade = True
         connection = as_list.get("Connection")
-        tokens = ()
-        if connection is not None:
-            tokens = [token.strip().lower() for value in connection for token in value.split(",")]
-        if version == "HTTP/1.1":
-            ex.keep_alive = "close" not in tokens
+        if connection is None:
+            ex.keep_alive = version == "HTTP/1.1"
         else:
-            ex.keep_alive = "keep-alive" in tokens
+            tokens = [token.strip().lower() for value in connection for token in value.split(",")]
+            if version == "HTTP/1.1":
+                ex.keep_alive = "close" not in tokens
+            else:
+                ex.keep_alive = "keep-alive" in tokens
         if ex is conn.current:
-            self.server.head_arrived(conn)
+            self.waiting_head.pop(conn, None)  # the head timer stops
 
     def _body(self, data: bytes) -> None:
         conn = self.conn
@@ -229,12 +232,25 @@ class ParserSink:
 class Exchange(httputil.HTTPConnection):
     """One request and its response: the HTTPConnection that Tornado's delegates write to."""
 
+    # Fields every request sets live in slots; the rest are class-level defaults that a request
+    # overrides (in its instance dict) only when it has a body, an error, a custom limit, ...
     __slots__ = ("conn", "delegate", "start_line", "headers", "url", "head_size", "head_done",
-                 "complete", "stage", "body", "body_bytes", "received", "length", "waiting",
-                 "keep_alive", "upgrade", "error", "chunking", "remaining", "started", "finished",
-                 "close_callback", "max_body_size", "body_timeout", "detached")
+                 "complete", "stage", "keep_alive", "remaining", "started", "finished",
+                 "close_callback")
 
-    def __init__(self, conn: "Connection", server: "FastHTTPServer") -> None:
+    body: list[bytes] | None = None  # parsed body pieces not yet given to the delegate
+    body_bytes = 0  # their size
+    received = 0  # body bytes given to the delegate so far
+    length: int | None = None  # Content-Length
+    waiting: "asyncio.Future[Any] | None" = None  # the delegate's pending future (flow control)
+    upgrade = False
+    error: tuple[int, str] | None = None  # (status, detail) the request is refused with
+    chunking = False
+    max_body_size: int | None = None  # None: the server's
+    body_timeout: float | None = None  # None: the server's
+    detached = False
+
+    def __init__(self, conn: "Connection") -> None:
         self.conn = conn
         self.delegate: httputil.HTTPMessageDelegate | None = None
         self.start_line: httputil.RequestStartLine | None = None
@@ -244,22 +260,16 @@ class Exchange(httputil.HTTPConnection):
         self.head_done = False
         self.complete = False
         self.stage = HEAD
-        self.body: list[bytes] | None = None
-        self.body_bytes = 0
-        self.received = 0
-        self.length: int | None = None
-        self.waiting: asyncio.Future[Any] | None = None
         self.keep_alive = False
-        self.upgrade = False
-        self.error: tuple[int, str] | None = None
-        self.chunking = False
         self.remaining: int | None = None
         self.started = False
         self.finished = False
         self.close_callback: Callable[[], None] | None = None
-        self.max_body_size = server.max_body_size
-        self.body_timeout = server.body_timeout
-        self.detached = False
+
+    def body_limit(self) -> int:
+        """The body size limit of this request."""
+        limit = self.max_body_size
+        return self.conn.server.max_body_size if limit is None else limit
 
     # --- what HTTPServerRequest and handlers read ---
 
@@ -305,14 +315,15 @@ class Exchange(httputil.HTTPConnection):
         http11 = request[2] == "HTTP/1.1"
         code = start_line[1]
         self.started = True
-        bodyless = method == "HEAD" or code == 204 or code == 304 or 100 <= code < 200
-        has_length = "Content-Length" in headers
-        keep_alive = self.keep_alive and not conn.server.draining and self.stage == HANDLER
+        # Tornado 6.6 layout: read and write the {name: [values]} dict directly (see make_headers)
+        as_list = headers._as_list if FAST_HEADERS else None
+        has_length = "Content-Length" in (as_list if FAST_HEADERS else headers)
         if method == "HEAD" or code == 304:
             self.remaining = 0
         elif has_length:
             self.remaining = int(headers["Content-Length"])
-        if not bodyless and not has_length:
+        keep_alive = self.keep_alive and self.stage == HANDLER and not conn.server.draining
+        if not has_length and code >= 200 and code != 204 and code != 304 and method != "HEAD":
             if http11:
                 self.chunking = True
                 headers["Transfer-Encoding"] = "chunked"
@@ -326,19 +337,15 @@ class Exchange(httputil.HTTPConnection):
             self.keep_alive = False
         elif not http11:
             headers["Connection"] = "Keep-Alive"
-        lines = [f"HTTP/1.1 {code} {start_line[2]}"]
         if FAST_HEADERS:
-            for name, values in headers._as_list.items():
-                for value in values:
-                    lines.append(f"{name}: {value}")
+            lines = [f"{name}: {value}" for name, values in as_list.items() for value in values]
         else:
-            for name, value in headers.get_all():
-                lines.append(f"{name}: {value}")
+            lines = [f"{name}: {value}" for name, value in headers.get_all()]
         text = "\r\n".join(lines)
         count = len(lines) - 1
         if text.count("\n") != count or text.count("\r") != count:
             raise ValueError(f"Illegal characters (CR or LF) in header: {text!r}")
-        data = (text + "\r\n\r\n").encode("latin-1")
+        data = f"HTTP/1.1 {code} {start_line[2]}\r\n{text}\r\n\r\n".encode("latin-1")
         if chunk:
             data += self._frame(chunk)
         transport.write(data)
@@ -378,8 +385,13 @@ class Exchange(httputil.HTTPConnection):
             conn.response_done(self)
 
 
-class Connection(asyncio.Protocol):
-    """The asyncio protocol of one client connection; also the request context handlers see."""
+class Connection(asyncio.BufferedProtocol):
+    """The asyncio protocol of one client connection; also the request context handlers see.
+
+    It is a BufferedProtocol: the transport reads into one buffer the server shares between all
+    its connections (whatever a read leaves unparsed is copied out before the next read), which
+    spares asyncio's 256 KiB bytes allocation per read (measured 14 us against 2.4 us).
+    """
 
     __slots__ = ("server", "transport", "parser", "remote_ip", "protocol", "address", "current",
                  "parsing", "queue", "completed", "heads", "head_fed", "paused", "write_paused",
@@ -422,7 +434,13 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self.server.sink)
         self.server.connection_made(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.stream is not None:
             self.stream.feed(data)
             return
@@ -465,8 +483,7 @@ class Connection(asyncio.Protocol):
 
     def parse(self, data: bytes | bytearray | memoryview) -> None:
         """Run the parser over data; its callbacks fill in this connection's exchanges."""
-        sink = self.server.sink
-        sink.conn = self
+        self.server.sink.conn = self  # left set afterwards: cleared when the connection goes
         completed, heads = self.completed, self.heads
         try:
             self.parser.feed_data(data)
@@ -475,8 +492,6 @@ class Connection(asyncio.Protocol):
             self.pause_reading()
         except httptools.HttpParserError as exc:
             self.parse_error(exc)
-        finally:
-            sink.conn = None
         ex = self.parsing
         if ex is not None and not ex.head_done and ex.error is None:
             # llhttp has no size limit of its own: count whole reads spent inside one head
@@ -510,6 +525,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
         server.connection_lost(self)
+        if server.sink.conn is self:
+            server.sink.conn = None
         self.closing = True
         self.transport = None
         self.parser = None
@@ -579,7 +596,8 @@ class Connection(asyncio.Protocol):
         server = self.server
         ex.stage = BODY
         server.busy.add(self)
-        if ex.length is not None and ex.length > server.max_body_size:
+        length = ex.length
+        if length is not None and length > server.max_body_size:
             self.reject_too_large(ex)
             return
         try:
@@ -604,7 +622,8 @@ class Connection(asyncio.Protocol):
                 return
             if not self._settled_ok(future):
                 return
-        self.body_starts(ex)
+        if length is not None or not ex.complete:
+            self.body_starts(ex)
 
     def _headers_settled(self, future: "asyncio.Future[Any]") -> None:
         ex = self.current
@@ -632,15 +651,18 @@ class Connection(asyncio.Protocol):
         """The delegate is ready for the body: check its size, send 100 Continue, start the timer."""
         if ex.detached or self.closing or self.current is not ex:
             return
-        if ex.length is not None and ex.length > ex.max_body_size:
+        if ex.length is not None and ex.length > ex.body_limit():
             ex.error = (400, "Content-Length too long")
             return
         if not ex.complete:
             if (not ex.finished and ex.body is None
                     and ex.headers.get("Expect", "").lower() == "100-continue"):
                 self.transport.write(CONTINUE)
-            if ex.body_timeout:
-                self.server.body_started(self, ex.body_timeout)
+            timeout = ex.body_timeout
+            if timeout is None:
+                timeout = self.server.body_timeout
+            if timeout:
+                self.server.body_started(self, timeout)
 
     def deliver(self, ex: Exchange) -> None:
         """Pass the body parsed so far to the delegate (coalesced into one call)."""
@@ -649,7 +671,7 @@ class Connection(asyncio.Protocol):
         ex.body_bytes = 0
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         ex.received += len(data)
-        if ex.received > ex.max_body_size:
+        if ex.received > ex.body_limit():
             ex.error = (400, "body too large")
             return
         if self.paused:
@@ -684,7 +706,8 @@ class Connection(asyncio.Protocol):
     def read_done(self, ex: Exchange) -> None:
         """The whole request is in: let the delegate run the handler."""
         ex.stage = HANDLER
-        self.server.body_ended(self)
+        if self.server.reading_body:
+            self.server.body_ended(self)
         if ex.finished:
             return
         try:
@@ -775,7 +798,7 @@ class Connection(asyncio.Protocol):
             error = (400, str(exc) or "malformed request")
         ex = self.parsing
         if ex is None:
-            ex = Exchange(self, self.server)
+            ex = Exchange(self)
             if self.current is None:
                 self.current = ex
             elif self.queue is None:

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import socket
 import struct
+from time import monotonic
 from typing import Any, Callable
 
 from tornado import httputil
@@ -15,7 +16,8 @@ log = logging.getLogger("server.http")
 
 TORNADO_IDLE_TIMEOUT = 3600.0  # what Tornado's HTTPServer uses when idle_connection_timeout is unset
 DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # Tornado's default (its max_buffer_size)
-CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
+CLOSE_WAIT_SECONDS = 5.0
+READ_BUFFER_SIZE = 256 * 1024  # one read at most (shared by all connections of a server)  # close_all_connections waits this long for transports to report closed
 
 
 def listen_backlog(sock: socket.socket) -> int:
@@ -72,13 +74,15 @@ class FastHTTPServer:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done: asyncio.Future[None] | None = None  # the already-resolved future of uncongested writes
-        self.sink = ParserSink(self)
         self._connections: set[Connection] = set()
         self._detached: set[Connection] = set()
         # connections waiting for a request head -> deadline; insertion order is deadline order
         # (one timeout for all), so the sweep stops at the first one still in time
-        self._waiting_head: dict[Connection, float] = {}
-        self._reading_body: dict[Connection, float] = {}
+        self.waiting_head: dict[Connection, float] = {}
+        self.reading_body: dict[Connection, float] = {}
+        self.sink = ParserSink(self)
+        # every connection reads into this buffer and parses (or copies) the data at once
+        self.read_view = memoryview(bytearray(READ_BUFFER_SIZE))
         timeouts = [t for t in (self.idle_timeout, self.body_timeout) if t]
         self._tick = max(0.05, min(1.0, min(timeouts) / 10))
         self._sweeper: asyncio.TimerHandle | None = None
@@ -124,13 +128,12 @@ class FastHTTPServer:
         """
         self.draining = True
         self.stop()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._connections and loop.time() < deadline:
-            # _waiting_head holds idle connections with deadline = idle since + idle_timeout
-            cutoff = loop.time() - idle_grace + self.idle_timeout
+        deadline = monotonic() + timeout
+        while self._connections and monotonic() < deadline:
+            # waiting_head holds idle connections with deadline = idle since + idle_timeout
+            cutoff = monotonic() - idle_grace + self.idle_timeout
             idle = []
-            for conn, since in self._waiting_head.items():
+            for conn, since in self.waiting_head.items():
                 if since > cutoff:
                     break
                 idle.append(conn)
@@ -153,9 +156,8 @@ class FastHTTPServer:
                 conn.abort()
             else:
                 conn.close_transport()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CLOSE_WAIT_SECONDS
-        while (self._connections or self._detached) and loop.time() < deadline:
+        deadline = monotonic() + CLOSE_WAIT_SECONDS
+        while (self._connections or self._detached) and monotonic() < deadline:
             await asyncio.sleep(0.005)
         if self._stopped and self._sweeper is not None and not self._connections:
             self._sweeper.cancel()
@@ -198,7 +200,7 @@ class FastHTTPServer:
         delegate = self._start(conn, exchange)
         if self.decompress:
             from tornado.http1connection import _GzipMessageDelegate
-            delegate = _GzipMessageDelegate(delegate, 65536, exchange.max_body_size)
+            delegate = _GzipMessageDelegate(delegate, 65536, exchange.body_limit())
         return delegate
 
     def connection_made(self, conn: Connection) -> None:
@@ -213,33 +215,33 @@ class FastHTTPServer:
         self._connections.discard(conn)
         self._detached.discard(conn)
         self.busy.discard(conn)
-        self._waiting_head.pop(conn, None)
-        self._reading_body.pop(conn, None)
+        self.waiting_head.pop(conn, None)
+        self.reading_body.pop(conn, None)
 
     def idle(self, conn: Connection) -> None:
         """The connection now waits for a request head (the idle/head timer starts)."""
-        waiting = self._waiting_head
+        waiting = self.waiting_head
         waiting.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
-        waiting[conn] = self.loop.time() + self.idle_timeout
+        waiting[conn] = monotonic() + self.idle_timeout
 
     def head_arrived(self, conn: Connection) -> None:
         """A complete request head arrived: the idle/head timer stops."""
-        self._waiting_head.pop(conn, None)
+        self.waiting_head.pop(conn, None)
 
     def body_started(self, conn: Connection, timeout: float) -> None:
         """The body timer starts."""
-        self._reading_body[conn] = self.loop.time() + timeout
+        self.reading_body[conn] = monotonic() + timeout
 
     def body_ended(self, conn: Connection) -> None:
         """The body is complete: the body timer stops."""
-        if self._reading_body:
-            self._reading_body.pop(conn, None)
+        if self.reading_body:
+            self.reading_body.pop(conn, None)
 
     def closing(self, conn: Connection) -> None:
         """The connection is closing: no timers, not busy."""
         self.busy.discard(conn)
-        self._waiting_head.pop(conn, None)
-        self._reading_body.pop(conn, None)
+        self.waiting_head.pop(conn, None)
+        self.reading_body.pop(conn, None)
 
     def detached(self, conn: Connection) -> None:
         """The connection was taken over (WebSocket): it is no HTTP connection any more."""
@@ -256,18 +258,18 @@ class FastHTTPServer:
         self._sweeper = self.loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        now = monotonic()
         expired = []
-        for conn, deadline in self._waiting_head.items():
+        for conn, deadline in self.waiting_head.items():
             if deadline > now:
                 break
             expired.append(conn)
         for conn in expired:
-            self._waiting_head.pop(conn, None)
+            self.waiting_head.pop(conn, None)
             conn.timed_out(reading_body=False)
-        if self._reading_body:
-            late = [conn for conn, deadline in self._reading_body.items() if deadline <= now]
+        if self.reading_body:
+            late = [conn for conn, deadline in self.reading_body.items() if deadline <= now]
             for conn in late:
-                self._reading_body.pop(conn, None)
+                self.reading_body.pop(conn, None)
                 conn.timed_out(reading_body=True)
         self._schedule_sweep()

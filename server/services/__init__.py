@@ -34,6 +34,7 @@ class Services:
     db: Database
     events: EventBus
     guestbook: GuestbookService
+    cookie_secret: str  # --cookie-secret, or the one every instance on this database shares
 
 
 @contextlib.asynccontextmanager
@@ -69,8 +70,9 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             cache_ttl=settings.cache_ttl)
         await guestbook.open()
         log.info("database %s, %s cache", db.display_url, cache.kind)
+        cookie_secret = settings.cookie_secret or await db.secret("cookie_secret")
         yield Services(greeting=greeting, compute=compute, outbound=outbound, cache=cache, db=db,
-                       events=events, guestbook=guestbook)
+                       events=events, guestbook=guestbook, cookie_secret=cookie_secret)
 
 
 def _closing(name, close):

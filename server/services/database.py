@@ -62,9 +62,19 @@ def _migration_1(conn: Connection) -> None:
                                                     value=secrets.token_hex(32)))
 
 
+def _migration_2(conn: Connection) -> None:
+    """A cookie-signing secret shared by every instance on this database."""
+    exists = conn.execute(sa.select(server_secrets.c.name)
+                          .where(server_secrets.c.name == "cookie_secret")).first()
+    if exists is None:
+        conn.execute(server_secrets.insert().values(name="cookie_secret",
+                                                    value=secrets.token_urlsafe(48)))
+
+
 # (version, description, step): append only; a step must be safe on a database that has it
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "guestbook messages and server secrets", _migration_1),
+    (2, "shared cookie secret", _migration_2),
 ]
 
 

@@ -1,0 +1,176 @@
+"""Several machines' worth on loopback: nginx (docs/deploy/nginx.conf) in front of three instances
+sharing one PostgreSQL and one Redis, all real and started by the test."""
+import asyncio
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import tornado.websocket
+
+from conftest import PROJECT_ROOT, LiveServer, require
+from dbservers import free_port, wait_for_port
+
+NGINX_CONF = PROJECT_ROOT / "docs" / "deploy" / "nginx.conf"
+
+
+def nginx_binary():
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class Cluster:
+    """Three instances on fixed ports behind nginx; instances can be stopped and started again."""
+
+    def __init__(self, postgres_url, redis_url):
+        self.common = ["--db-url", postgres_url, "--cache-url", redis_url, "--trusted-proxies",
+                       "127.0.0.1/32", "--access-log", "off", "--post-rate", "off",
+                       "--shutdown-timeout", "10"]
+        self.ports = [free_port() for _ in range(3)]
+        self.instances = [self.start_instance(i) for i in range(3)]
+        self.base = Path(tempfile.mkdtemp(prefix="hps-nginx-"))
+        self.base.chmod(0o755)
+        self.port = free_port()
+        site = NGINX_CONF.read_text()
+        ports = iter(self.ports)
+        site = re.sub(r"server 127\.0\.0\.1:800\d", lambda _: f"server 127.0.0.1:{next(ports)}", site)
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        (self.base / "site.conf").write_text(site)
+        (self.base / "nginx.conf").write_text(f"""
+user root;
+worker_processes 1;
+pid {self.base}/nginx.pid;
+error_log {self.base}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.base}/body;
+    proxy_temp_path {self.base}/proxy;
+    fastcgi_temp_path {self.base}/fastcgi;
+    uwsgi_temp_path {self.base}/uwsgi;
+    scgi_temp_path {self.base}/scgi;
+    include {self.base}/site.conf;
+}}
+""")
+        self.nginx = subprocess.Popen([nginx_binary(), "-c", str(self.base / "nginx.conf"),
+                                       "-g", "daemon off;"], stderr=subprocess.PIPE)
+        wait_for_port(self.port, 10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start_instance(self, index):
+        return LiveServer("--port", str(self.ports[index]), *self.common).wait_ready()
+
+    def restart_instance(self, index):
+        old = self.instances[index]
+        old.signal(signal.SIGTERM)
+        assert old.wait() == 0
+        old.stop()
+        self.instances[index] = self.start_instance(index)
+
+    def close(self):
+        self.nginx.terminate()
+        self.nginx.communicate(timeout=10)
+        for instance in self.instances:
+            instance.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(postgres_url, redis_url):
+    require(nginx_binary() is not None, "nginx (apt-get install nginx)")
+    cluster = Cluster(postgres_url, redis_url)
+    yield cluster
+    cluster.close()
+
+
+def call(url, method="GET", body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, method=method, data=data,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read()), response.headers
+
+
+def load(url, seconds, tmp_path, name):
+    report = tmp_path / name
+    proc = subprocess.Popen([sys.executable, "-m", "bench", url, "-c", "16", "--duration", f"{seconds}s",
+                             "--no-progress", "-q", "--json", str(report)], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, report
+
+
+def load_result(proc, report):
+    _, errors = proc.communicate(timeout=120)
+    assert report.exists(), errors
+    return json.loads(report.read_text())
+
+
+def test_post_through_one_instance_read_through_every_other(cluster):
+    first = cluster.instances[0].url
+    status, created, _ = call(first + "/api/messages", "POST", {"name": "Ada", "text": "written on 1"})
+    assert status == 201
+    for instance in cluster.instances[1:]:
+        status, page, _ = call(instance.url + "/api/messages")
+        assert page["messages"][0] == created  # shared database, no stale cache anywhere
+    status, page, headers = call(cluster.url + "/api/messages")
+    assert page["messages"][0] == created and headers["X-Request-ID"]
+
+
+def test_forms_signed_by_one_instance_are_accepted_by_another(cluster):
+    with urllib.request.urlopen(cluster.instances[0].url + "/guestbook", timeout=10) as response:
+        cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+        token = re.search(r'name="_xsrf" value="([^"]+)"', response.read().decode()).group(1)
+    form = urllib.parse.urlencode({"_xsrf": token, "name": "Form", "text": "signed on 1, posted on 2"})
+    request = urllib.request.Request(cluster.instances[1].url + "/guestbook", data=form.encode(),
+                                     headers={"Cookie": cookie,
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # follows the 303
+        assert response.status == 200 and "signed on 1, posted on 2" in response.read().decode()
+
+
+def test_live_page_through_nginx_sees_messages_from_any_instance(cluster):
+    async def scenario():
+        ws_url = cluster.url.replace("http", "ws") + "/guestbook/live"
+        conn = await tornado.websocket.websocket_connect(ws_url)
+        await asyncio.sleep(0.3)
+        received = []
+        for index, instance in enumerate(cluster.instances):
+            await asyncio.get_running_loop().run_in_executor(
+                None, call, instance.url + "/api/messages", "POST", {"name": f"i{index}", "text": f"via {index}"})
+            event = json.loads(await asyncio.wait_for(conn.read_message(), 1.0))
+            received.append(event["message"]["text"])
+        conn.close()
+        return received
+    assert asyncio.run(scenario()) == ["via 0", "via 1", "via 2"]
+
+
+def test_stopping_one_instance_under_load_fails_no_get(cluster, tmp_path):
+    proc, report = load(cluster.url + "/api/hello/cluster", 6, tmp_path, "stop.json")
+    time.sleep(2)
+    cluster.instances[1].signal(signal.SIGTERM)
+    assert cluster.instances[1].wait() == 0
+    result = load_result(proc, report)
+    assert result["requests"]["errors_total"] == 0, result["requests"]["errors"]
+    assert set(result["requests"]["responses"]) == {"200"}, result["requests"]["responses"]
+    assert result["requests"]["responses"]["200"] > 500
+
+
+def test_rolling_restart_of_all_three_fails_no_request(cluster, tmp_path):
+    proc, report = load(cluster.url + "/api/hello/rolling", 14, tmp_path, "roll.json")
+    time.sleep(1)
+    old_pids = [instance.proc.pid for instance in cluster.instances]
+    for index in range(3):
+        cluster.restart_instance(index)
+        time.sleep(0.5)
+    result = load_result(proc, report)
+    assert not set(old_pids) & {instance.proc.pid for instance in cluster.instances}
+    assert result["requests"]["errors_total"] == 0, result["requests"]["errors"]
+    assert result["connections"]["failed_total"] == 0, result["connections"]["failed"]
+    assert set(result["requests"]["responses"]) == {"200"}, result["requests"]["responses"]
