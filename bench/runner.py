@@ -138,13 +138,14 @@ class Worker:
 
     def _open(self) -> None:
         """Start one connect attempt."""
-        self.attempted += 1
         task = self.loop.create_task(self._connect())
         self.connect_tasks.add(task)
         task.add_done_callback(self.connect_tasks.discard)
 
     async def _connect(self) -> None:
         """Connect one slot, classifying failures and backing off before the retry."""
+        # counted here, not when the task is created: a task cancelled before it ran made no attempt
+        self.attempted += 1
         conn = self.cls(self)
         loop = self.loop
         try:
