@@ -93,6 +93,16 @@ def parse_process_count(text: str) -> int:
     return value or max(1, os.cpu_count() or 1)
 
 
+def parse_gc_threshold(text: str) -> tuple[int, int, int] | None:
+    """Parse gc thresholds 'GEN0,GEN1,GEN2' (empty: keep Python's)."""
+    if not str(text).strip():
+        return None
+    parts = str(text).split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"must be three whole numbers GEN0,GEN1,GEN2; got {text!r}")
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
 def parse_bool(text: str) -> bool:
     """Parse a yes/no value as written in an environment variable."""
     lowered = str(text).strip().lower()
@@ -241,6 +251,12 @@ class Settings:
                              "process", "N")
     max_restarts: int = setting(5, "child crashes within a minute after which the supervisor "
                                 "gives up and exits non-zero", parse_positive_int, "process", "N")
+    gc_freeze: bool = setting(True, "after start-up, move every object that exists to the garbage "
+                              "collector's permanent generation (full collections then skip them)",
+                              parse_bool, "process")
+    gc_threshold: tuple[int, int, int] | None = setting(None, "garbage collector thresholds "
+                                                        "GEN0,GEN1,GEN2 [default: Python's]",
+                                                        parse_gc_threshold, "process", "N,N,N")
     debug: bool = setting(False, "debug mode: tracebacks on error pages, template reloading",
                           parse_bool, "process")
     log_level: str = setting("info", "log level", choice("debug", "info", "warning", "error"),
@@ -363,6 +379,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _show(default: Any) -> Any:
+    if default is None:
+        return "off"
     if _is_rate(default):
         return f"{default[0]}/{default[1]:g}s"
     if isinstance(default, tuple):

@@ -385,7 +385,7 @@ class Exchange(httputil.HTTPConnection):
             conn.response_done(self)
 
 
-class Connection(asyncio.BufferedProtocol):
+class Connection(asyncio.Protocol):
     """The asyncio protocol of one client connection; also the request context handlers see.
 
     It is a BufferedProtocol: the transport reads into one buffer the server shares between all
