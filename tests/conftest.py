@@ -282,6 +282,23 @@ class LiveServer:
             shutil.rmtree(self._data_dir, ignore_errors=True)
 
 
+class BenchRun:
+    """`python -m bench` closed loop in the background, writing its JSON report."""
+
+    def __init__(self, url, seconds, report, connections=20):
+        self.report = report
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", url, "-c", str(connections), "--duration", f"{seconds}s",
+             "--no-progress", "-q", "--json", str(report)],
+            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def result(self, timeout=120):
+        """Wait for the run to end and return its report."""
+        _, errors = self.proc.communicate(timeout=timeout)
+        assert self.report.exists(), errors
+        return json.loads(self.report.read_text())
+
+
 @pytest.fixture
 def live_server_factory():
     """Start `python -m server` subprocesses; every one is killed at the end of the test."""

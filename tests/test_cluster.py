@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import tornado.websocket
 
-from conftest import PROJECT_ROOT, LiveServer, require
+from conftest import PROJECT_ROOT, BenchRun, LiveServer, require
 from dbservers import free_port, wait_for_port
 
 NGINX_CONF = PROJECT_ROOT / "docs" / "deploy" / "nginx.conf"
@@ -98,20 +97,6 @@ def call(url, method="GET", body=None, headers=None):
         return response.status, json.loads(response.read()), response.headers
 
 
-def load(url, seconds, tmp_path, name):
-    report = tmp_path / name
-    proc = subprocess.Popen([sys.executable, "-m", "bench", url, "-c", "16", "--duration", f"{seconds}s",
-                             "--no-progress", "-q", "--json", str(report)], cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return proc, report
-
-
-def load_result(proc, report):
-    _, errors = proc.communicate(timeout=120)
-    assert report.exists(), errors
-    return json.loads(report.read_text())
-
-
 def test_post_through_one_instance_read_through_every_other(cluster):
     first = cluster.instances[0].url
     status, created, _ = call(first + "/api/messages", "POST", {"name": "Ada", "text": "written on 1"})
@@ -152,24 +137,24 @@ def test_live_page_through_nginx_sees_messages_from_any_instance(cluster):
 
 
 def test_stopping_one_instance_under_load_fails_no_get(cluster, tmp_path):
-    proc, report = load(cluster.url + "/api/hello/cluster", 6, tmp_path, "stop.json")
+    load = BenchRun(cluster.url + "/api/hello/cluster", 6, tmp_path / "stop.json", connections=16)
     time.sleep(2)
     cluster.instances[1].signal(signal.SIGTERM)
     assert cluster.instances[1].wait() == 0
-    result = load_result(proc, report)
+    result = load.result()
     assert result["requests"]["errors_total"] == 0, result["requests"]["errors"]
     assert set(result["requests"]["responses"]) == {"200"}, result["requests"]["responses"]
     assert result["requests"]["responses"]["200"] > 500
 
 
 def test_rolling_restart_of_all_three_fails_no_request(cluster, tmp_path):
-    proc, report = load(cluster.url + "/api/hello/rolling", 14, tmp_path, "roll.json")
+    load = BenchRun(cluster.url + "/api/hello/rolling", 14, tmp_path / "roll.json", connections=16)
     time.sleep(1)
     old_pids = [instance.proc.pid for instance in cluster.instances]
     for index in range(3):
         cluster.restart_instance(index)
         time.sleep(0.5)
-    result = load_result(proc, report)
+    result = load.result()
     assert not set(old_pids) & {instance.proc.pid for instance in cluster.instances}
     assert result["requests"]["errors_total"] == 0, result["requests"]["errors"]
     assert result["connections"]["failed_total"] == 0, result["connections"]["failed"]

@@ -3,15 +3,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import PROJECT_ROOT
+from conftest import BenchRun
 
 
 def get_json(url):
@@ -44,21 +42,6 @@ def server_children(server):
     return sorted(workers)
 
 
-def start_load(url, seconds, tmp_path, connections=20, name="load.json"):
-    """`python -m bench` closed loop against url, writing its JSON report."""
-    report = tmp_path / name
-    proc = subprocess.Popen([sys.executable, "-m", "bench", url, "-c", str(connections),
-                             "--duration", f"{seconds}s", "--no-progress", "-q", "--json", str(report)],
-                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return proc, report
-
-
-def finish_load(proc, report):
-    _, errors = proc.communicate(timeout=60)
-    assert report.exists(), errors
-    return json.loads(report.read_text())
-
-
 def test_two_workers_share_the_port_and_the_metrics(live_server_factory):
     server = live_server_factory("--processes", "2", "--access-log", "off")
     assert "2 processes" in server.lines[-1]
@@ -85,10 +68,10 @@ def test_two_workers_share_the_port_and_the_metrics(live_server_factory):
 def test_a_killed_worker_is_restarted_and_only_its_connections_fail(live_server_factory, tmp_path):
     server = live_server_factory("--processes", "2", "--access-log", "off")
     before = server_children(server)
-    load, report = start_load(server.url + "/api/hello/kill", 5, tmp_path, connections=20)
+    load = BenchRun(server.url + "/api/hello/kill", 5, tmp_path / "kill.json")
     time.sleep(1.5)
     os.kill(before[0], signal.SIGKILL)
-    result = finish_load(load, report)
+    result = load.result()
     after = server_children(server)
     assert len(after) == 2 and before[0] not in after and before[1] in after
     # only requests on the killed worker's open connections may fail (at most one each)
@@ -101,10 +84,10 @@ def test_a_killed_worker_is_restarted_and_only_its_connections_fail(live_server_
 def test_sighup_rolls_every_worker_under_load_with_no_failed_request(live_server_factory, tmp_path):
     server = live_server_factory("--processes", "2", "--access-log", "off")
     before = server_children(server)
-    load, report = start_load(server.url + "/api/hello/roll", 6, tmp_path, connections=20)
+    load = BenchRun(server.url + "/api/hello/roll", 6, tmp_path / "roll.json")
     time.sleep(1.5)
     server.signal(signal.SIGHUP)
-    result = finish_load(load, report)
+    result = load.result()
     after = server_children(server)
     assert len(after) == 2 and not set(before) & set(after), "every worker was replaced"
     assert result["requests"]["errors_total"] == 0, result["requests"]["errors"]

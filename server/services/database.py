@@ -122,33 +122,31 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection, with 'cannot reach the database' turned into Unavailable."""
+    async def _use(self, operation: str, opener: Any) -> AsyncIterator[AsyncConnection]:
+        """Run a block on a connection: timed, and 'cannot reach the database' as Unavailable."""
         started, ok = time.perf_counter(), False
         try:
-            async with self.engine.connect() as conn:
+            async with opener() as conn:
                 yield conn
             ok = True
         except DATABASE_DOWN as exc:
             raise Unavailable(f"the database is unavailable: {type(exc).__name__}", 2) from exc
         finally:
             if self.metrics is not None:
-                self.metrics.observe_db("read", ok, time.perf_counter() - started)
+                self.metrics.observe_db(operation, ok, time.perf_counter() - started)
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads."""
+        async with self._use("read", self.engine.connect) as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction (serialised on SQLite), committed when the block ends."""
         async with self.write_lock:
-            started, ok = time.perf_counter(), False
-            try:
-                async with self.engine.begin() as conn:
-                    yield conn
-                ok = True
-            except DATABASE_DOWN as exc:
-                raise Unavailable(f"the database is unavailable: {type(exc).__name__}", 2) from exc
-            finally:
-                if self.metrics is not None:
-                    self.metrics.observe_db("write", ok, time.perf_counter() - started)
+            async with self._use("write", self.engine.begin) as conn:
+                yield conn
 
     async def migrate(self) -> list[int]:
         """Bring the schema up to date; safe to run twice and concurrently. Returns applied versions."""
