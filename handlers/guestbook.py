@@ -45,6 +45,11 @@ class MessagesHandler(ApiHandler):
         except Unavailable as exc:
             raise unavailable(exc) from None
         self.set_header("Cache-Control", "no-cache")
+        if page.encoded is not None:
+            # the cached page is already the response body, in MessageListOut's shape
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(page.encoded)
+            return
         self.write_model(MessageListOut(messages=page.messages, next_before=page.next_before,
                                         count=page.count))
 

@@ -56,6 +56,11 @@ class MessagePage:
     messages: list[dict[str, Any]]
     next_before: int | None
     count: int
+    encoded: bytes | None = None  # the same page as JSON, when it came from (or went to) the cache
+
+    def to_json(self) -> dict[str, Any]:
+        """The page as the API shows it."""
+        return {"messages": self.messages, "next_before": self.next_before, "count": self.count}
 
 
 class RateLimiter:
@@ -192,9 +197,12 @@ class GuestbookService:
         generation = await self._generation() if before is None else None
         key = f"gb:{generation}:first:{limit}"
         if generation is not None:
-            cached = await self._cached(key)
-            if cached is not None:
-                return MessagePage(**cached)
+            try:
+                raw = await self.cache.get(key)
+            except CacheError:
+                raw = None
+            if raw is not None:
+                return MessagePage(**json.loads(raw), encoded=raw)
         query = (sa.select(messages.c.id, messages.c.name, messages.c.text, messages.c.created_at)
                  .order_by(messages.c.id.desc()).limit(limit + 1))
         if before is not None:
@@ -205,8 +213,7 @@ class GuestbookService:
         next_before = items[-1]["id"] if len(rows) > limit else None
         page = MessagePage(messages=items, next_before=next_before, count=await self.count())
         if generation is not None:
-            await self._store(key, {"messages": page.messages, "next_before": page.next_before,
-                                    "count": page.count})
+            await self._store(key, page.to_json())
         return page
 
     async def get_message(self, message_id: int) -> Message:
