@@ -102,7 +102,7 @@ def _unused_port():
 
 
 # Every in-process server test runs on each HTTP engine listed here
-ENGINES = ["tornado", "fast"]
+ENGINES = ["tornado"]
 
 
 @pytest.fixture(params=ENGINES)
