@@ -86,6 +86,21 @@ def page(chromium_browser):
 
 # --- the server in this process, on pytest-tornado's event loop ---
 
+@pytest.fixture(scope="session", autouse=True)
+def main_thread_event_loop():
+    """One explicit, finally closed event loop as the thread's default.
+
+    Tornado's IOLoop remembers the thread's previous asyncio loop when it becomes current and
+    restores it on close; without this, asyncio would create that loop implicitly and nobody
+    would close it (a ResourceWarning whenever the garbage collector finds it).
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
 @pytest.fixture
 def io_loop():
     """A fresh IOLoop per test (replaces pytest-tornado's, which calls the deprecated make_current)."""

@@ -133,7 +133,11 @@ def test_live_page_through_nginx_sees_messages_from_any_instance(cluster):
             received.append(event["message"]["text"])
         conn.close()
         return received
-    assert asyncio.run(scenario()) == ["via 0", "via 1", "via 2"]
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the thread's event loop
+    try:
+        assert loop.run_until_complete(scenario()) == ["via 0", "via 1", "via 2"]
+    finally:
+        loop.close()
 
 
 def test_stopping_one_instance_under_load_fails_no_get(cluster, tmp_path):
