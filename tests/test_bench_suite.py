@@ -1,0 +1,52 @@
+"""``make bench`` (python -m bench.suite) end to end with tiny runs, and its BENCHMARKS.md block."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.suite_report import BEGIN, END, write_block
+
+ROOT = Path(__file__).resolve().parent.parent
+KEPT = "## Load generator vs wrk (issue 3)"
+
+
+def test_suite_runs_every_kind_of_scenario_and_writes_its_block(tmp_path):
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text((ROOT / "BENCHMARKS.md").read_text())
+    before = markdown.read_text()
+    cmd = [sys.executable, "-m", "bench.suite", "--tool", "bench", "--engines", "tornado",
+           "--only", "metrics,hold,slow,processes", "--seconds", "0.3", "--rounds", "1",
+           "--no-wait", "--no-warmup", "--hold-connections", "100", "--probe-seconds", "0.3",
+           "--hold-rounds", "1", "--slow-connections", "20", "--slow-ms", "100",
+           "--slow-rounds", "1", "--out", str(tmp_path), "--markdown", str(markdown)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((tmp_path / "bench-suite.json").read_text())
+    sections = {s["id"]: s for s in result["sections"]}
+    assert list(sections) == ["metrics", "hold", "slow", "processes"]
+    for section in sections.values():
+        for row in section["rows"]:
+            assert row["median"] is not None and row["median"] > 0, (section["id"], row)
+    ratio = sections["metrics"]["rows"][-1]
+    assert ratio["kind"] == "ratio" and len(ratio["values"]) == 1 and ratio["goal"] == [">=", 0.95]
+    assert all(s["connections"] >= 100 for s in result["raw"]["hold"]["stock"])
+    assert result["raw"]["slow"]["slow-tornado"][0]["ok"] == 20
+
+    text = markdown.read_text()
+    assert text.startswith(before.split(KEPT)[0]) and KEPT in text  # other sections untouched
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "## Suite 3: metrics on vs off" in text and "## Suite 8: --processes 2 vs 1" in text
+    assert "python -m bench.suite --tool bench" in text  # the exact command
+
+
+def test_the_block_is_replaced_in_place(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Ours\n\nkept\n")
+    write_block(path, f"{BEGIN}\nfirst\n{END}\n")
+    path.write_text(path.read_text() + "\n## After\n\nalso kept\n")
+    write_block(path, f"{BEGIN}\nsecond\n{END}\n")
+    text = path.read_text()
+    assert "first" not in text and "second" in text and text.count(BEGIN) == 1
+    assert text.index("## Ours") < text.index("second") < text.index("## After")
+    assert "also kept" in text
