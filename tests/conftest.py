@@ -117,7 +117,7 @@ def _unused_port():
 
 
 # Every in-process server test runs on each HTTP engine listed here
-ENGINES = ["tornado"]
+ENGINES = ["tornado", "fast"]
 
 
 @pytest.fixture(params=ENGINES)

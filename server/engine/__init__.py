@@ -1,4 +1,4 @@
-"""The fast HTTP/1.1 engine: asyncio protocols and llhttp (httptools) feeding a tornado.web.Application."""
+"""The fast HTTP/1.1 engine: asyncio protocols and llhttp (httptools) under a Tornado Application."""
 from .server import FastHTTPServer
 
 __all__ = ["FastHTTPServer"]

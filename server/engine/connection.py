@@ -111,25 +111,32 @@ class ParserSink:
     connection; `conn` says which connection the current feed_data call belongs to.
     """
 
-    __slots__ = ("conn", "server", "names", "methods", "waiting_head", "on_message_begin", "on_url",
+    __slots__ = ("conn", "small_read", "server", "names", "methods", "waiting_head", "on_url",
                  "on_header", "on_headers_complete", "on_body", "on_message_complete")
 
     def __init__(self, server: "FastHTTPServer") -> None:
         self.conn: Connection | None = None
+        # True while the bytes fed so far to the current head cannot exceed max_header_size
+        self.small_read = True
         self.server = server
         self.names: dict[bytes, str] = {}
         self.methods: dict[bytes, str] = {}
         self.waiting_head = server.waiting_head
-        self.on_message_begin = self._message_begin
         self.on_url = self._url
         self.on_header = self._header
         self.on_headers_complete = self._headers_complete
         self.on_body = self._body
         self.on_message_complete = self._message_complete
 
-    def _message_begin(self) -> None:
+    def _url(self, url: bytes) -> None:
+        # a message starts with its target (llhttp's on_message_begin would be one more call)
         conn = self.conn
-        ex = Exchange(conn)
+        ex = conn.parsing
+        if ex is not None:
+            ex.url += url  # the rest of a target split across reads
+            return
+        ex = conn.parsing = Exchange(conn)
+        ex.url = url
         if conn.current is None:
             conn.current = ex
         else:
@@ -139,11 +146,6 @@ class ParserSink:
             else:
                 conn.queue.append(ex)
             conn.pause_reading()
-        conn.parsing = ex
-
-    def _url(self, url: bytes) -> None:
-        ex = self.conn.parsing
-        ex.url = url if ex.url is None else ex.url + url
 
     def _header(self, name: bytes, value: bytes) -> None:
         ex = self.conn.parsing
@@ -154,15 +156,13 @@ class ParserSink:
             normal = "-".join([word.capitalize() for word in name.decode("latin-1").split("-")])
             if len(self.names) < NAME_CACHE_SIZE:
                 self.names[name] = normal
-        ex.head_size += len(name) + len(value) + 4
         if value and value[-1] in (32, 9):
             value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; HTTP says it isn't part
-        text = value.decode("latin-1")
         values = ex.headers.get(normal)
         if values is None:
-            ex.headers[normal] = [text]
+            ex.headers[normal] = [value.decode("latin-1")]
         else:
-            values.append(text)
+            values.append(value.decode("latin-1"))
 
     def _headers_complete(self) -> None:
         conn = self.conn
@@ -180,10 +180,15 @@ class ParserSink:
         url = ex.url
         if url is None:
             raise _Reject(400, "missing request target")
-        ex.head_size += len(url) + len(method) + 12
-        if ex.head_size > self.server.max_header_size:
-            raise _Reject(431, f"request head larger than {self.server.max_header_size} bytes")
         as_list = ex.headers
+        if not self.small_read:
+            # this head may be larger than the limit: measure it (close enough: line ends and
+            # separators counted as 4 bytes a line)
+            limit = self.server.max_header_size
+            size = len(url) + len(method) + 12 + sum(
+                len(name) + len(value) + 4 for name, values in as_list.items() for value in values)
+            if size > limit:
+                raise _Reject(431, f"request head larger than {limit} bytes")
         if "Transfer-Encoding" in as_list:
             # as strict as Tornado: anything but exactly "chunked" could frame differently in a
             # proxy in front of us (request smuggling); llhttp already refuses TE with CL
@@ -195,9 +200,18 @@ class ParserSink:
             if length is not None:
                 ex.length = int(length[0])  # llhttp allows digits only, and one value
         ex.start_line = _new_tuple(RequestStartLine, (method, url.decode("latin-1"), version))
-        ex.headers = make_headers(as_list)
+        if FAST_HEADERS:
+            headers = ex.headers = _new_headers(httputil.HTTPHeaders)
+            headers._as_list = as_list
+            headers._combined_cache = {}
+        else:
+            ex.headers = make_headers(as_list)
         ex.head_done = True
         if ("Upgrade" in as_list or method == "CONNECT") and parser.should_upgrade():
+            if ex.length or "Transfer-Encoding" in as_list:
+                # llhttp hands whatever follows an upgrade head over as the new protocol's
+                # bytes, so the body would never reach the handler
+                raise _Reject(400, "a request body with Upgrade is not supported")
             ex.upgrade = True
         connection = as_list.get("Connection")
         if connection is None:
@@ -234,9 +248,8 @@ class Exchange(httputil.HTTPConnection):
 
     # Fields every request sets live in slots; the rest are class-level defaults that a request
     # overrides (in its instance dict) only when it has a body, an error, a custom limit, ...
-    __slots__ = ("conn", "delegate", "start_line", "headers", "url", "head_size", "head_done",
-                 "complete", "stage", "keep_alive", "remaining", "started", "finished",
-                 "close_callback")
+    __slots__ = ("conn", "delegate", "start_line", "headers", "url", "head_done", "complete",
+                 "stage", "keep_alive", "remaining", "started", "finished", "close_callback")
 
     body: list[bytes] | None = None  # parsed body pieces not yet given to the delegate
     body_bytes = 0  # their size
@@ -256,7 +269,6 @@ class Exchange(httputil.HTTPConnection):
         self.start_line: httputil.RequestStartLine | None = None
         self.headers: Any = {}  # {name: [values]} while parsing, then an HTTPHeaders
         self.url: bytes | None = None
-        self.head_size = 0
         self.head_done = False
         self.complete = False
         self.stage = HEAD
@@ -315,41 +327,44 @@ class Exchange(httputil.HTTPConnection):
         http11 = request[2] == "HTTP/1.1"
         code = start_line[1]
         self.started = True
-        # Tornado 6.6 layout: read and write the {name: [values]} dict directly (see make_headers)
-        as_list = headers._as_list if FAST_HEADERS else None
-        has_length = "Content-Length" in (as_list if FAST_HEADERS else headers)
+        # {name: [values]}: Tornado 6.6's own dict (read directly, see make_headers) or a copy
+        as_list = headers._as_list if FAST_HEADERS else {n: headers.get_list(n) for n in headers}
+        length = as_list.get("Content-Length")
         if method == "HEAD" or code == 304:
             self.remaining = 0
-        elif has_length:
-            self.remaining = int(headers["Content-Length"])
+        elif length is not None:
+            self.remaining = int(length[0])
         keep_alive = self.keep_alive and self.stage == HANDLER and not conn.server.draining
-        if not has_length and code >= 200 and code != 204 and code != 304 and method != "HEAD":
+        if length is None and code >= 200 and code != 204 and code != 304 and method != "HEAD":
             if http11:
                 self.chunking = True
                 headers["Transfer-Encoding"] = "chunked"
+                as_list["Transfer-Encoding"] = ["chunked"]
             else:
                 keep_alive = False  # HTTP/1.0 without a length: the body ends when we close
-        if keep_alive and "Connection" in headers and headers["Connection"].lower() == "close":
+        if keep_alive and "Connection" in as_list and as_list["Connection"][0].lower() == "close":
             keep_alive = False  # the application asked to close (e.g. while draining)
         if not keep_alive:
+            self.keep_alive = False
             if http11 and code != 101:
                 headers["Connection"] = "close"
-            self.keep_alive = False
+                as_list["Connection"] = ["close"]
         elif not http11:
             headers["Connection"] = "Keep-Alive"
-        if FAST_HEADERS:
-            lines = [f"{name}: {value}" for name, values in as_list.items() for value in values]
-        else:
-            lines = [f"{name}: {value}" for name, value in headers.get_all()]
-        text = "\r\n".join(lines)
-        count = len(lines) - 1
+            as_list["Connection"] = ["Keep-Alive"]
+        lines = [f"{name}: {value}\r\n" for name, values in as_list.items() for value in values]
+        text = f"HTTP/1.1 {code} {start_line[2]}\r\n{''.join(lines)}\r\n"
+        count = len(lines) + 2
         if text.count("\n") != count or text.count("\r") != count:
             raise ValueError(f"Illegal characters (CR or LF) in header: {text!r}")
-        data = f"HTTP/1.1 {code} {start_line[2]}\r\n{text}\r\n\r\n".encode("latin-1")
+        data = text.encode("latin-1")
         if chunk:
-            data += self._frame(chunk)
+            if self.remaining is None and not self.chunking:
+                data += chunk
+            else:
+                data += self._frame(chunk)
         transport.write(data)
-        return conn.write_future()
+        return conn.server.done if not conn.write_paused else conn.write_future()
 
     def write(self, chunk: bytes) -> "asyncio.Future[None]":
         """Write a piece of the body (chunk-framed when the response is chunked)."""
@@ -386,30 +401,27 @@ class Exchange(httputil.HTTPConnection):
 
 
 class Connection(asyncio.Protocol):
-    """The asyncio protocol of one client connection; also the request context handlers see.
-
-    It is a BufferedProtocol: the transport reads into one buffer the server shares between all
-    its connections (whatever a read leaves unparsed is copied out before the next read), which
-    spares asyncio's 256 KiB bytes allocation per read (measured 14 us against 2.4 us).
-    """
+    """The asyncio protocol of one client connection; also the request context handlers see."""
 
     __slots__ = ("server", "transport", "parser", "remote_ip", "protocol", "address", "current",
-                 "parsing", "queue", "completed", "heads", "head_fed", "paused", "write_paused",
+                 "parsing", "queue", "completed", "heads", "head_fed", "head_slack", "paused",
+                 "write_paused",
                  "waiters", "tail", "backlog", "stream", "closing", "discard", "linger")
 
     def __init__(self, server: "FastHTTPServer") -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
-        self.remote_ip = "0.0.0.0"
-        self.protocol = "http"
+        self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
+        self.protocol = server.protocol
         self.address: Any = None
         self.current: Exchange | None = None  # the request being answered
         self.parsing: Exchange | None = None  # the request the parser is filling in
         self.queue: list[Exchange] | None = None  # pipelined requests after current
         self.completed = 0
         self.heads = 0
-        self.head_fed = 0
+        self.head_fed = 0  # bytes of the current, incomplete head read so far (at least)
+        self.head_slack = 0  # ... plus at most this many
         self.paused = False
         self.write_paused = False
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -426,6 +438,7 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A client connected: note its address, start a parser, start the idle timer."""
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.address = peer
@@ -434,13 +447,8 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self.server.sink)
         self.server.connection_made(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.server.read_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server.read_view[:nbytes])
-
     def data_received(self, data: bytes | memoryview) -> None:
+        """Input from the client: parse it, or hand it to whoever owns the connection now."""
         if self.stream is not None:
             self.stream.feed(data)
             return
@@ -483,7 +491,9 @@ class Connection(asyncio.Protocol):
 
     def parse(self, data: bytes | bytearray | memoryview) -> None:
         """Run the parser over data; its callbacks fill in this connection's exchanges."""
-        self.server.sink.conn = self  # left set afterwards: cleared when the connection goes
+        sink = self.server.sink
+        sink.conn = self  # left set afterwards: cleared when the connection goes
+        sink.small_read = self.head_fed + self.head_slack + len(data) <= self.server.max_header_size
         completed, heads = self.completed, self.heads
         try:
             self.parser.feed_data(data)
@@ -494,24 +504,31 @@ class Connection(asyncio.Protocol):
             self.parse_error(exc)
         ex = self.parsing
         if ex is not None and not ex.head_done and ex.error is None:
-            # llhttp has no size limit of its own: count whole reads spent inside one head
+            # llhttp has no size limit of its own: count the reads spent inside one head
             if completed == self.completed and heads == self.heads:
-                self.head_fed += len(data)
+                self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
                 limit = self.server.max_header_size
                 if self.head_fed > limit:
                     ex.error = (431, f"request head larger than {limit} bytes")
                     self.discard_input()
             else:
+                # the head began somewhere in this read: up to all of it may be the head's
                 self.head_fed = 0
+                self.head_slack = len(data)
+        elif self.head_fed or self.head_slack:
+            self.head_fed = self.head_slack = 0
 
     def eof_received(self) -> bool | None:
+        """The client closed its side."""
         # like Tornado: a client that stops sending is gone (the transport closes itself)
         return None
 
     def pause_writing(self) -> None:
+        """The transport's buffer is over its high-water mark: writes now wait."""
         self.write_paused = True
 
     def resume_writing(self) -> None:
+        """The transport drained: wake the writers, serve a request held back."""
         self.write_paused = False
         waiters = self.waiters
         if waiters:
@@ -523,6 +540,7 @@ class Connection(asyncio.Protocol):
             self.advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: tell whoever was using it, drop references."""
         server = self.server
         server.connection_lost(self)
         if server.sink.conn is self:
@@ -791,7 +809,8 @@ class Connection(asyncio.Protocol):
         if isinstance(context, _Reject):
             error = (context.status, context.detail)
         elif isinstance(exc, httptools.HttpParserCallbackError) and context is not None:
-            app_log.error("HTTP parser callback failed", exc_info=(type(context), context, context.__traceback__))
+            app_log.error("HTTP parser callback failed",
+                          exc_info=(type(context), context, context.__traceback__))
             error = (500, "internal error")
         else:
             gen_log.info("Malformed HTTP message from %s: %s", self, exc)
@@ -856,7 +875,8 @@ class Connection(asyncio.Protocol):
 
     def maybe_resume(self) -> None:
         """Read again once nothing we hold is waiting on the application."""
-        if not self.paused or self.transport is None or self.tail is not None or self.backlog is not None:
+        if (not self.paused or self.transport is None or self.tail is not None
+                or self.backlog is not None):
             return
         if self.discard < 0:
             if self.queue is not None:

@@ -16,8 +16,7 @@ log = logging.getLogger("server.http")
 
 TORNADO_IDLE_TIMEOUT = 3600.0  # what Tornado's HTTPServer uses when idle_connection_timeout is unset
 DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # Tornado's default (its max_buffer_size)
-CLOSE_WAIT_SECONDS = 5.0
-READ_BUFFER_SIZE = 256 * 1024  # one read at most (shared by all connections of a server)  # close_all_connections waits this long for transports to report closed
+CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
 
 
 def listen_backlog(sock: socket.socket) -> int:
@@ -38,7 +37,9 @@ def listen_backlog(sock: socket.socket) -> int:
 def _callable_starter(callback: Callable[[httputil.HTTPServerRequest], None]) -> Callable[..., Any]:
     from tornado.httpserver import _CallableAdapter
 
-    def start(server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+    def start(server_conn: object,
+              request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        """A delegate that calls the plain callable with the whole request."""
         return _CallableAdapter(callback, request_conn)
     return start
 
@@ -73,7 +74,8 @@ class FastHTTPServer:
         self.busy: set[Connection] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.done: asyncio.Future[None] | None = None  # the already-resolved future of uncongested writes
+        # the already-resolved future every uncongested write returns
+        self.done: asyncio.Future[None] | None = None
         self._connections: set[Connection] = set()
         self._detached: set[Connection] = set()
         # connections waiting for a request head -> deadline; insertion order is deadline order
@@ -81,8 +83,6 @@ class FastHTTPServer:
         self.waiting_head: dict[Connection, float] = {}
         self.reading_body: dict[Connection, float] = {}
         self.sink = ParserSink(self)
-        # every connection reads into this buffer and parses (or copies) the data at once
-        self.read_view = memoryview(bytearray(READ_BUFFER_SIZE))
         timeouts = [t for t in (self.idle_timeout, self.body_timeout) if t]
         self._tick = max(0.05, min(1.0, min(timeouts) / 10))
         self._sweeper: asyncio.TimerHandle | None = None
@@ -128,13 +128,13 @@ class FastHTTPServer:
         """
         self.draining = True
         self.stop()
-        deadline = monotonic() + timeout
-        while self._connections and monotonic() < deadline:
+        end = monotonic() + timeout
+        while self._connections and monotonic() < end:
             # waiting_head holds idle connections with deadline = idle since + idle_timeout
             cutoff = monotonic() - idle_grace + self.idle_timeout
             idle = []
-            for conn, since in self.waiting_head.items():
-                if since > cutoff:
+            for conn, deadline in self.waiting_head.items():
+                if deadline > cutoff:
                     break
                 idle.append(conn)
             for conn in idle:

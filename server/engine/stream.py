@@ -1,4 +1,4 @@
-"""The IOStream-like object a detached connection hands to Tornado (WebSocketHandler's frame reader and writer)."""
+"""The IOStream-like object a detached connection hands to Tornado (for WebSocketHandler)."""
 from __future__ import annotations
 
 import asyncio
@@ -111,7 +111,8 @@ class DetachedStream:
             limit = self._read_max
             if limit is not None and (end > limit or (end < 0 and len(buffer) > limit)):
                 self._read_future = None
-                future.set_exception(UnsatisfiableReadError(f"delimiter not found within {limit} bytes"))
+                future.set_exception(
+                    UnsatisfiableReadError(f"delimiter not found within {limit} bytes"))
                 self.close()
                 return
         if end < 0:
