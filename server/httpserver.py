@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -11,6 +10,8 @@ from typing import Any
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
+
+from .responses import error_response, too_large_message
 
 log = logging.getLogger("server.http")
 
@@ -84,18 +85,8 @@ class DrainingHTTPServer(HTTPServer):
     def reject_too_large(self, request_conn: HTTP1Connection, path: str, length: int) -> None:
         """Answer 413 before reading the body, then close without resetting the client."""
         stream = request_conn.detach()
-        limit = self.max_body_size
-        message = f"request body of {length} bytes is larger than the limit of {limit} bytes"
-        if path.startswith("/api/") or path == "/api":
-            body = json.dumps({"error": {"status": 413, "message": message}}).encode()
-            content_type = "application/json; charset=UTF-8"
-        else:
-            body = (f"<!doctype html><title>413 Payload Too Large</title>"
-                    f"<h1>413 Payload Too Large</h1><p>{message}</p>").encode()
-            content_type = "text/html; charset=UTF-8"
-        head = (f"HTTP/1.1 413 Payload Too Large\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        task = asyncio.ensure_future(self._write_and_linger(stream, head + body))
+        response = error_response(413, too_large_message(length, self.max_body_size), path)
+        task = asyncio.ensure_future(self._write_and_linger(stream, response))
         self._lingering.add(task)
         task.add_done_callback(self._lingering.discard)
 

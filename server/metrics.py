@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector,
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 

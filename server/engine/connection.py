@@ -9,7 +9,6 @@ up, so a client can never make us buffer more than about one read's worth.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
@@ -17,6 +16,7 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
+from ..responses import error_response, too_large_message
 from .stream import DetachedStream
 
 if TYPE_CHECKING:
@@ -42,10 +42,6 @@ NAME_CACHE_SIZE = 512
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error"}
-
-
 def _headers_layout_known() -> bool:
     # HTTPHeaders keeps {name: [values]} in _as_list plus a lazily filled _combined_cache
     # (Tornado 6.6); building that dict directly skips a regex per header that llhttp has
@@ -73,25 +69,6 @@ def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
         for value in values:
             headers.add(name, value)
     return headers
-
-
-def error_response(status: int, detail: str, path: str = "", reason: str | None = None) -> bytes:
-    """A complete closing response for a request the server refuses itself (JSON under /api)."""
-    reason = reason or REASONS.get(status) or httputil.responses.get(status, "Error")
-    if path.startswith("/api/") or path == "/api":
-        body = json.dumps({"error": {"status": status, "message": detail}}).encode()
-        content_type = "application/json; charset=UTF-8"
-    else:
-        body = (f"<!doctype html><title>{status} {reason}</title><h1>{status} {reason}</h1>"
-                f"<p>{_escape(detail)}</p>").encode()
-        content_type = "text/html; charset=UTF-8"
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    return head + body
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class _Reject(Exception):
@@ -846,7 +823,7 @@ class Connection(asyncio.Protocol):
     def reject_too_large(self, ex: Exchange) -> None:
         """413 from the head, before reading the body (the client may be waiting for 100 Continue)."""
         limit = self.server.max_body_size
-        message = f"request body of {ex.length} bytes is larger than the limit of {limit} bytes"
+        message = too_large_message(ex.length, limit)
         ex.started = ex.finished = True
         self.server.busy.discard(self)
         self.transport.write(error_response(413, message, ex.start_line[1].partition("?")[0]))
