@@ -1,11 +1,11 @@
-# make run · make test · make bench · make lint — each works as the first command on a fresh clone.
+# make run · make test · make soak · make bench · make lint — each works as the first command on a fresh clone.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8888
 ARGS   ?=
 
-.PHONY: run test bench lint venv clean system-deps
+.PHONY: run test soak bench lint venv clean system-deps
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: .make-run.stamp
 test: .make-test.stamp
 	$(PY) -m pytest $(ARGS)
 
+# The hardening tests plus the long bounded soak/fault tests; rewrites RELIABILITY.md.
+soak: .make-test.stamp
+	$(PY) -m pytest -m "hardening or soak" --reliability-report RELIABILITY.md $(ARGS)
+
 bench: .make-test.stamp
 	$(PY) -m bench.suite $(ARGS)
 
@@ -37,7 +41,7 @@ lint: .make-test.stamp
 # Debian packages the full test suite drives (CI installs them; root only).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx slowhttptest
 
 clean:
 	rm -rf $(VENV) .make-*.stamp .pytest_cache

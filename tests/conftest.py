@@ -22,6 +22,8 @@ import tornado.web
 from tornado.netutil import bind_sockets
 
 from dbservers import PostgresServer, RedisServer, postgres_bin_dir
+from reliability import (pytest_addoption, pytest_configure, pytest_sessionfinish,  # noqa: F401
+                         record_report, reliability)
 from server.config import Settings
 from server.lifecycle import ServerRuntime
 
@@ -49,6 +51,7 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("CI", "").lower() == "true" and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true: {report.longrepr}"
+    record_report(item, report)
 
 
 @pytest.fixture(scope="module")
