@@ -263,8 +263,8 @@ class Settings:
                              "process", "LEVEL")
     loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
                         "process", "LOOP")
-    engine: str = setting("tornado", "HTTP/1.1 engine under the Tornado application: tornado "
-                          "(Tornado's HTTPServer) or fast (asyncio protocol + httptools)",
+    engine: str = setting("fast", "HTTP/1.1 engine under the Tornado application: fast (asyncio "
+                          "protocol + httptools) or tornado (Tornado's own HTTPServer, the fallback)",
                           choice("tornado", "fast"), "process", "ENGINE")
     access_log: str = setting("combined", "access log on stderr: combined (nginx/Apache format plus "
                               "seconds and request id), json (one object per line) or off",
