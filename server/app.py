@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import tornado.web
-
 from handlers import api, files, guestbook, health, observe, openapi, pages
 from handlers.base import BaseHandler
 from handlers.pages import PageNotFoundHandler, StaticHandler
@@ -13,12 +11,13 @@ from . import STATIC_PATH, TEMPLATE_PATH
 from .accesslog import RequestObserver
 from .config import Settings
 from .metrics import Metrics
+from .routing import Application
 from .services import Services
 from .state import ServerState
 
 
 def make_app(settings: Settings, services: Services, state: ServerState,
-             metrics: Metrics | None = None, cluster: object | None = None) -> tornado.web.Application:
+             metrics: Metrics | None = None, cluster: object | None = None) -> Application:
     """Build the Tornado Application for these settings, opened services and runtime state."""
     metrics = metrics or Metrics(enabled=settings.metrics)
     routes = [*pages.default_handlers, *health.default_handlers, *api.default_handlers,
@@ -30,7 +29,7 @@ def make_app(settings: Settings, services: Services, state: ServerState,
         # the route's name travels to the handler, which labels its metrics with it
         if spec.name and issubclass(spec.handler_class, BaseHandler):
             spec.target_kwargs = spec.kwargs = {**(spec.target_kwargs or {}), "route_name": spec.name}
-    return tornado.web.Application(
+    return Application(
         routes,
         default_handler_class=PageNotFoundHandler,
         template_path=str(TEMPLATE_PATH),
