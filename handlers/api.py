@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 
 from tornado.web import url
@@ -19,7 +20,9 @@ class HelloApiHandler(ApiHandler):
     """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
 
     @documented("Greet someone (Anonymous without a name)",
-                path={"name": Param("string", "who to greet, percent-encoded", example="ada")},
+                path={"name": Param({"type": "string", "minLength": 1},
+                                    "who to greet, percent-encoded (GET /api/hello greets "
+                                    "Anonymous)", example="ada")},
                 responses={200: HelloOut,
                            422: "the name in the path is longer than --max-name-length characters "
                                 "or holds control characters"})
@@ -56,7 +59,13 @@ class EchoHandler(ApiHandler):
                 request=ANY_JSON, request_example=[1, {"two": 2}],
                 responses={200: Response("the JSON document that was sent", body=ANY_JSON)})
     async def post(self) -> None:
-        self.write_json(self.json_body())
+        document = self.json_body()
+        try:
+            self.write_json(document)
+        except UnicodeEncodeError:
+            # a lone surrogate (\ud800) is valid JSON text but has no UTF-8 encoding: send the
+            # same document back with every non-ASCII character \u-escaped instead of a 500
+            self.finish(json.dumps(document, separators=(",", ":")).encode())
 
 
 class SlowHandler(ApiHandler):
@@ -108,14 +117,18 @@ class FetchHandler(ApiHandler):
 
     @documented("Fetch URLs concurrently",
                 description="Every per-URL failure (timeout, refused, non-public address, too "
-                            "large, ...) is reported in that URL's result; the request itself "
-                            "still answers 200.",
+                            "large, ...) is reported in that URL's result and the request answers "
+                            "200 — unless every URL failed upstream (no answer, reset, refused, "
+                            "unresolvable): then it is a gateway error, 504 when one of them timed "
+                            "out, else 502, with each URL's failure in the message.",
                 request=FetchIn,
                 request_example={"urls": ["https://example.org/", "https://example.com/"],
                                  "method": "GET"},
                 responses={200: FetchOut,
                            422: "no URLs, more than --outbound-max-urls, or a method other than "
-                                "GET or HEAD"})
+                                "GET or HEAD",
+                           502: "every URL failed upstream (reset, refused, unresolvable, ...)",
+                           504: "every URL failed upstream and at least one timed out"})
     async def post(self) -> None:
         body = self.parse_model(FetchIn)
         started = time.perf_counter()
@@ -123,6 +136,13 @@ class FetchHandler(ApiHandler):
             results = await self.services.outbound.fetch_all(body.urls, body.method)
         except Invalid as exc:
             raise PublicError(422, exc.message, field=exc.field) from None
+        # network failures of the upstream (our own refusals and bad URLs are not)
+        upstream_failures = [r for r in results if r.error is not None and r.error.startswith(
+            ("timeout", "connection ", "cannot resolve", "TLS error", "network error"))]
+        if results and len(upstream_failures) == len(results):
+            status = 504 if any(r.error == "timeout" for r in results) else 502
+            raise PublicError(status, "upstream failed: " + "; ".join(
+                f"{r.url}: {r.error}" for r in results))
         self.write_model(FetchOut(
             results=[FetchResultOut(**dataclasses.asdict(r)) for r in results],
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3)))

@@ -10,6 +10,7 @@ from typing import Any
 import tornado.web
 from tornado.web import url
 
+from .base import BaseHandler
 from .pages import StaticHandler
 
 # %2F / %5C (encoded slashes), %00 and backslashes have no business in a file path here
@@ -91,9 +92,18 @@ class FilesHandler(StaticHandler):
         self.render("files.html", entries=entries, crumbs=crumbs, current="/" + relative)
 
 
+class FilesRedirectHandler(BaseHandler):
+    """GET /files: a permanent redirect to /files/ (with the server's headers, unlike Tornado's)."""
+
+    def get(self) -> None:
+        self.redirect("/files/", permanent=True)
+
+    head = get
+
+
 def default_handlers(directory: str) -> list[Any]:
     """Routes for a shared directory (only mounted when --files is set)."""
     return [
-        url(r"/files", tornado.web.RedirectHandler, {"url": "/files/"}),
+        url(r"/files", FilesRedirectHandler),
         url(r"/files/(.*)", FilesHandler, {"path": directory}, name="files"),
     ]

@@ -119,7 +119,7 @@ class MessageHandler(ApiHandler):
 
     def _require_admin(self) -> None:
         token = self.config.admin_token
-        if token is None:
+        if not token:  # an empty token must not mean "an empty Bearer value is the password"
             raise PublicError(403, "deleting messages is disabled: the server has no --admin-token")
         given = self.request.headers.get("Authorization", "")
         if not given.startswith("Bearer "):

@@ -55,6 +55,12 @@ class StaticHandler(tornado.web.StaticFileHandler, PageHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         PageHandler.write_error(self, status_code, **kwargs)
 
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            # a NUL byte (%00) made the file system calls raise ValueError: a 500 instead of a 404
+            raise tornado.web.HTTPError(404, "No such file")
+        return super().parse_url_path(url_path)
+
     def compute_etag(self) -> str | None:
         if getattr(self, "absolute_path", None) is None:
             # a rendered page (listing, error) rather than a file: hash the body

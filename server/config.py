@@ -151,6 +151,30 @@ def parse_path(text: str) -> Path:
     return Path(text).expanduser().resolve()
 
 
+def parse_optional_path(text: str) -> Path | None:
+    """A file path that may be left empty for the default."""
+    if not str(text).strip():
+        return None
+    return Path(text).expanduser().resolve()
+
+
+def parse_readable_file(text: str) -> Path | None:
+    """A file that must exist and be readable now; empty or 'off' switches the feature off."""
+    if str(text).strip().lower() in ("", "off", "none"):
+        return None
+    path = Path(text).expanduser().resolve()
+    if not path.exists():
+        raise ValueError(f"no such file: {text}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {text}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {text}: {exc.strerror or exc}") from None
+    return path
+
+
 def parse_optional_text(text: str) -> str | None:
     """Text that may be left empty to switch a feature off."""
     return str(text) if str(text).strip() else None
@@ -220,6 +244,18 @@ class Settings:
                                   parse_positive_seconds, "http", "SECONDS")
     body_timeout: float = setting(60.0, "seconds a request body may take to arrive",
                                   parse_positive_seconds, "http", "SECONDS")
+    header_timeout: float = setting(20.0, "seconds a whole request head may take to arrive, from "
+                                    "its first byte (from connecting, for a connection's first "
+                                    "request), however it is trickled; like nginx's "
+                                    "client_header_timeout", parse_positive_seconds, "http",
+                                    "SECONDS")
+    send_timeout: float = setting(60.0, "seconds a response may make no progress towards a client "
+                                  "that does not read it before the connection is cut; like "
+                                  "nginx's send_timeout", parse_positive_seconds, "http", "SECONDS")
+    max_connections: int = setting(10_000, "open HTTP connections per process; beyond it a new "
+                                   "connection is closed right after accept (counted in "
+                                   "http_connections_refused_total); keep it under the open-file "
+                                   "limit", parse_positive_int, "http", "N")
     max_header_size: int = setting(64 * 1024, "largest request head accepted (bytes, K/M suffix)",
                                    parse_size, "http", "SIZE")
     max_body_size: int = setting(1024 * 1024, "largest request body accepted; larger gets 413",
@@ -238,8 +274,18 @@ class Settings:
     files: Path | None = setting(None, "serve this directory read-only at /files/ (off by default)",
                                  parse_existing_dir, "http", "DIR")
     cookie_secret: str | None = setting(None, "secret that signs cookies and XSRF tokens "
-                                        "[default: one kept in the database, shared by every "
-                                        "instance using it]", str, "http", "SECRET")
+                                        "[default: the one in --cookie-secret-file]",
+                                        parse_optional_text, "http", "SECRET")
+    cookie_secret_file: Path | None = setting(None, "file holding the cookie secret when "
+                                              "--cookie-secret is not given; created (mode 0600) "
+                                              "when missing; point instances that share a "
+                                              "database at one file [default: "
+                                              "DATA_DIR/cookie_secret]", parse_optional_path,
+                                              "http", "FILE")
+    tls_cert: Path | None = setting(None, "serve HTTPS with this PEM certificate (chain); needs "
+                                    "--tls-key", parse_readable_file, "http", "FILE")
+    tls_key: Path | None = setting(None, "the PEM private key of --tls-cert",
+                                   parse_readable_file, "http", "FILE")
 
     trusted_proxies: tuple[str, ...] = setting((), "proxies (CIDR list) whose X-Forwarded-For / "
                                                "X-Real-IP / X-Forwarded-Proto headers are believed",
@@ -254,14 +300,16 @@ class Settings:
     gc_freeze: bool = setting(True, "after start-up, move every object that exists to the garbage "
                               "collector's permanent generation (full collections then skip them)",
                               parse_bool, "process")
-    gc_threshold: tuple[int, int, int] | None = setting(None, "garbage collector thresholds "
-                                                        "GEN0,GEN1,GEN2 [default: Python's]",
+    gc_threshold: tuple[int, int, int] | None = setting((5000, 10, 10), "garbage collector "
+                                                        "thresholds GEN0,GEN1,GEN2 (empty: "
+                                                        "Python's 700,10,10)",
                                                         parse_gc_threshold, "process", "N,N,N")
     debug: bool = setting(False, "debug mode: tracebacks on error pages, template reloading",
                           parse_bool, "process")
     log_level: str = setting("info", "log level", choice("debug", "info", "warning", "error"),
                              "process", "LEVEL")
-    loop: str = setting("asyncio", "event loop implementation", choice("asyncio", "uvloop"),
+    loop: str = setting("auto", "event loop implementation: uvloop when it is installed (auto), "
+                        "or asyncio / uvloop explicitly", choice("auto", "asyncio", "uvloop"),
                         "process", "LOOP")
     engine: str = setting("fast", "HTTP/1.1 engine under the Tornado application: fast (asyncio "
                           "protocol + httptools) or tornado (Tornado's own HTTPServer, the fallback)",
@@ -357,7 +405,13 @@ class Settings:
         host = "localhost" if self.address in ("", "0.0.0.0", "::") else self.address
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
+
+    @property
+    def secret_file(self) -> Path:
+        """Where the cookie secret is kept when --cookie-secret is not given."""
+        return self.cookie_secret_file or self.data_dir / "cookie_secret"
 
 
 _GROUP_TITLES = {
@@ -384,7 +438,7 @@ def _show(default: Any) -> Any:
     if _is_rate(default):
         return f"{default[0]}/{default[1]:g}s"
     if isinstance(default, tuple):
-        return ",".join(default)
+        return ",".join(map(str, default))
     return default
 
 
@@ -451,4 +505,8 @@ def parse_settings(argv: Sequence[str] | None = None,
             values[f.name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        given, missing = (("--tls-cert", "--tls-key") if values.get("tls_cert") is not None
+                          else ("--tls-key", "--tls-cert"))
+        raise ConfigError(f"{given} needs {missing} as well")
     return Settings(**values)

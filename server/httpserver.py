@@ -11,6 +11,7 @@ from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 
+from .engine.limits import ConnectionCap, reset_on_close, sweep_period
 from .responses import error_response, too_large_message
 
 log = logging.getLogger("server.http")
@@ -33,9 +34,17 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.server.busy.add(self.server_conn)
+        if self.server.head_deadline:
+            self.server.head_deadline.pop(self.server_conn, None)  # the head arrived in time
         length = headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.server.max_body_size:
             self.server.reject_too_large(self.request_conn, start_line.path, int(length))
+            return None
+        if start_line.version == "HTTP/1.0" and "Transfer-Encoding" in headers:
+            # RFC 9112 6.1: faulty framing; Tornado would read it chunked and keep the connection
+            # (a pipelined request hidden behind it would then be served)
+            self.server.reject(self.request_conn, start_line.path, 400,
+                               "Transfer-Encoding in an HTTP/1.0 request")
             return None
         return self.inner.headers_received(start_line, headers)
 
@@ -57,22 +66,53 @@ class DrainingHTTPServer(HTTPServer):
     connections at once, closes busy ones as soon as their response is out, and waits.
     """
 
-    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, *args: Any, header_timeout: float | None = None,  # type: ignore[override]
+                   send_timeout: float | None = None, max_connections: int | None = None,
+                   **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
         self.busy: set[HTTP1ServerConnection] = set()
         self.idle_since: dict[HTTP1ServerConnection, float] = {}
         self.draining = False
         self._lingering: set[asyncio.Task[None]] = set()
+        # Slow clients. Tornado's own head timer (idle_connection_timeout) runs from the moment
+        # a connection waits for a request; header_timeout bounds the head from its first byte
+        # (from accept for the first request), and send_timeout cuts a response that makes no
+        # progress. Both are checked by one sweep, every tenth of the shorter timeout.
+        self.header_timeout = header_timeout or None
+        self.send_timeout = send_timeout or None
+        self.cap = ConnectionCap(max_connections)
+        self.head_deadline: dict[HTTP1ServerConnection, float] = {}
+        self.send_progress: dict[HTTP1ServerConnection, tuple[int, float]] = {}
+        self._tick = sweep_period(self.header_timeout, self.send_timeout)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def connection_count(self) -> int:
         """Open HTTP connections."""
         return len(self._connections)
 
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed right after accept because --max-connections were open."""
+        return self.cap.refused
+
+    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        """Serve a new connection, or close it at once when --max-connections are open."""
+        if self.cap.full(len(self._connections)):
+            self.cap.refuse()
+            stream.close()
+            return
+        super().handle_stream(stream, address)
+        if self._sweeper is None and (self.header_timeout or self.send_timeout):
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
         # called when a connection is ready for its next request: it is idle from now on
         self.busy.discard(server_conn)  # type: ignore[arg-type]
+        if self.header_timeout and server_conn not in self.idle_since:
+            # a new connection: its first head is due header_timeout after accept
+            self.head_deadline[server_conn] = time.monotonic() + self.header_timeout  # type: ignore[index]
         self.idle_since[server_conn] = time.monotonic()  # type: ignore[index]
         inner = super().start_request(server_conn, request_conn)
         return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
@@ -80,12 +120,62 @@ class DrainingHTTPServer(HTTPServer):
     def on_close(self, server_conn: object) -> None:
         self.busy.discard(server_conn)  # type: ignore[arg-type]
         self.idle_since.pop(server_conn, None)  # type: ignore[call-overload]
+        self.head_deadline.pop(server_conn, None)  # type: ignore[call-overload]
+        self.send_progress.pop(server_conn, None)  # type: ignore[call-overload]
         super().on_close(server_conn)
+
+    def _sweep(self) -> None:
+        """Close connections whose head is late (header_timeout) or whose output is stuck (send_timeout)."""
+        self._sweeper = None
+        now = time.monotonic()
+        late: list[HTTP1ServerConnection] = []
+        if self.header_timeout:
+            deadlines, busy = self.head_deadline, self.busy
+            for conn in self._connections:
+                if conn in busy:
+                    continue
+                deadline = deadlines.get(conn)
+                if deadline is None:
+                    # bytes buffered while waiting for a head: a head has begun, its timer starts
+                    if getattr(conn.stream, "_read_buffer_size", 0):
+                        deadlines[conn] = now + self.header_timeout
+                elif deadline <= now:
+                    late.append(conn)
+        stuck: list[HTTP1ServerConnection] = []
+        if self.send_timeout:
+            # a response being written keeps its connection busy until it is out
+            progress = self.send_progress
+            for conn in self.busy:
+                stream = conn.stream
+                if not stream.writing():
+                    progress.pop(conn, None)
+                    continue
+                sent = getattr(stream, "_total_write_done_index", 0)
+                seen = progress.get(conn)
+                if seen is None or seen[0] != sent:
+                    progress[conn] = (sent, now + self.send_timeout)
+                elif seen[1] <= now:
+                    stuck.append(conn)
+        for conn in late:
+            log.debug("request head not complete within %gs: closing", self.header_timeout)
+            self.head_deadline.pop(conn, None)
+            conn.stream.close()
+        for conn in stuck:
+            log.debug("response made no progress for %gs: closing", self.send_timeout)
+            self.send_progress.pop(conn, None)
+            reset_on_close(conn.stream.socket)
+            conn.stream.close()
+        if self._connections:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
     def reject_too_large(self, request_conn: HTTP1Connection, path: str, length: int) -> None:
         """Answer 413 before reading the body, then close without resetting the client."""
+        self.reject(request_conn, path, 413, too_large_message(length, self.max_body_size))
+
+    def reject(self, request_conn: HTTP1Connection, path: str, status: int, detail: str) -> None:
+        """Answer an error before reading the body, then close without resetting the client."""
         stream = request_conn.detach()
-        response = error_response(413, too_large_message(length, self.max_body_size), path)
+        response = error_response(status, detail, path)
         task = asyncio.ensure_future(self._write_and_linger(stream, response))
         self._lingering.add(task)
         task.add_done_callback(self._lingering.discard)
@@ -133,4 +223,7 @@ class DrainingHTTPServer(HTTPServer):
         await self.close_all_connections()
         for task in list(self._lingering):
             task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         return finished

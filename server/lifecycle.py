@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any, Callable, Coroutine
@@ -18,9 +19,10 @@ from tornado.netutil import bind_sockets
 from .app import make_app
 from .config import ConfigError, Settings
 from .cluster import ClusterView
+from .engine.limits import fit_file_limit
 from .httpserver import DrainingHTTPServer
 from .metrics import Metrics
-from .services import Services, Unavailable, open_services
+from .services import Services, Unavailable, load_or_create_secret, open_services
 from .state import ServerState
 from .tcp import GreetingTCPServer
 
@@ -45,15 +47,63 @@ def bound_port(sockets: list[socket.socket]) -> int:
     return sockets[0].getsockname()[1]
 
 
-def make_http_server(app: object, settings: Settings) -> DrainingHTTPServer:
-    """The HTTP/1.1 server of the chosen engine, with the settings' timeouts and limits."""
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server-side TLS context of --tls-cert/--tls-key (None without them); ConfigError if unusable."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    cert, key = settings.tls_cert, settings.tls_key
+    _expect_pem(cert, "--tls-cert", (b"-----BEGIN CERTIFICATE-----",), "a PEM certificate")
+    _expect_pem(key, "--tls-key", (b"PRIVATE KEY-----",), "a PEM private key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        # a password callback that answers nothing: an encrypted key fails instead of prompting
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: cannot use them ({reason}; is the "
+                          "key unencrypted and the certificate's own?)") from None
+    except OSError as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _expect_pem(path: Path, flag: str, markers: tuple[bytes, ...], what: str) -> None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+    if not any(marker in data for marker in markers):
+        raise ConfigError(f"{flag} {path}: not {what}")
+
+
+def make_http_server(app: object, settings: Settings,
+                     ssl_context: ssl.SSLContext | None = None) -> DrainingHTTPServer:
+    """The HTTP/1.1 server of the chosen engine, with the settings' timeouts, limits and TLS."""
     options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
                    max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
-                   decompress_request=False)
+                   decompress_request=False, header_timeout=settings.header_timeout,
+                   send_timeout=settings.send_timeout, max_connections=settings.max_connections)
+    if ssl_context is None:
+        ssl_context = make_ssl_context(settings)
+    if ssl_context is not None:
+        options["ssl_options"] = ssl_context
+    fit_file_limit(settings.max_connections)
     if settings.engine == "fast":
         from .engine import FastHTTPServer
         return FastHTTPServer(app, **options)  # type: ignore[return-value]
     return DrainingHTTPServer(app, **options)
+
+
+def cookie_settings(settings: Settings) -> dict[str, Any]:
+    """Application settings for the XSRF cookie: __Host-, Secure and Path=/ when serving TLS."""
+    kwargs: dict[str, Any] = {"httponly": True, "samesite": "Lax"}
+    if settings.tls_cert is None:
+        return {"xsrf_cookie_kwargs": kwargs}
+    # __Host-: the browser keeps it only if Secure, Path=/ and no Domain (no subdomain can set it)
+    return {"xsrf_cookie_name": "__Host-xsrf", "xsrf_cookie_kwargs": {**kwargs, "secure": True,
+                                                                       "path": "/"}}
 
 
 def tune_garbage_collector(settings: Settings) -> None:
@@ -95,6 +145,7 @@ class ServerRuntime:
             if self.worker is not None and cluster_dir:
                 cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
             app = make_app(s, self.services, self.state, self.metrics, cluster)
+            app.settings.update(cookie_settings(s))
             self.http = make_http_server(app, s)
             self.http.add_sockets(http_sockets)
             if tcp_sockets:
@@ -113,6 +164,8 @@ class ServerRuntime:
         assert http is not None and services is not None
         m.gauge("http_connections_open", "open HTTP connections", lambda: http.connection_count)
         m.gauge("http_requests_in_flight", "HTTP requests being handled", lambda: len(http.busy))
+        m.counter("http_connections_refused", "connections closed at accept by --max-connections",
+                  lambda: http.refused_connections)
         m.gauge("api_requests_in_flight", "API requests counted against --max-concurrency",
                 lambda: state.api_in_flight)
         m.gauge("tcp_connections_open", "TCP greeting service connections",
@@ -200,6 +253,10 @@ async def serve(settings: Settings, http_sockets: list[socket.socket],
 
 def run(settings: Settings) -> int:
     """Bind, then run the event loop of the chosen implementation until shutdown."""
+    make_ssl_context(settings)  # an unusable certificate or key is a config error before binding
+    if settings.cookie_secret is None:
+        # before any fork: workers then read one finished file, and a bad one is exit code 2
+        load_or_create_secret(settings.secret_file, create_directory=settings.cookie_secret_file is None)
     if settings.processes > 1:
         from .supervisor import run_supervised
         return run_supervised(settings, run_child, bind)
@@ -227,16 +284,27 @@ def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
                                     announce, worker=slot.index))  # type: ignore[attr-defined]
 
 
+def uvloop_or_none(settings: Settings) -> Any:
+    """The uvloop module when the settings want it (auto: when installed); ConfigError if missing."""
+    if settings.loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.loop == "auto":
+            return None
+        raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+    return uvloop
+
+
 def run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
     """Run a coroutine on the event loop implementation the settings name."""
-    if settings.loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            main.close()
-            raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
-        return uvloop.run(main)
-    return asyncio.run(main)
+    try:
+        uvloop = uvloop_or_none(settings)
+    except ConfigError:
+        main.close()
+        raise
+    return asyncio.run(main) if uvloop is None else uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,8 @@ class Metrics:
         ProcessCollector(registry=r)
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         r.register(_FunctionGauges(self._gauges))
+        self._counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        r.register(_FunctionCounters(self._counters))
         self.last_loop_lag = 0.0
         # rolling per-second view for /api/stats and the dashboard
         self._second = int(time.time())
@@ -117,6 +119,10 @@ class Metrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Expose a value read at scrape time (open connections, requests in flight...)."""
         self._gauges[name] = (help_text, read)
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Expose a running total read at scrape time (connections refused...); shown as NAME_total."""
+        self._counters[name] = (help_text, read)
 
     # --- recording (hot path: keep it small) ---
 
@@ -327,6 +333,16 @@ class _FunctionGauges:
 
     def describe(self) -> list[Any]:
         return []
+
+
+class _FunctionCounters(_FunctionGauges):
+    """A Prometheus collector for running totals read at scrape time."""
+
+    def collect(self) -> Any:
+        for name, (help_text, read) in list(self._gauges.items()):
+            family = CounterMetricFamily(name, help_text)
+            family.add_metric([], float(read()))
+            yield family
 
 
 def _rss_bytes() -> int:

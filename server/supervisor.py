@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, Settings
+from .config import Settings
 
 log = logging.getLogger("server.supervisor")
 
@@ -267,11 +267,8 @@ class Supervisor:
 def run_supervised(settings: Settings, run_child: Callable[[Settings, Slot, int], int],
                    bind: Callable[..., list[socket.socket]]) -> int:
     """Entry point of --processes N (N > 1)."""
-    if settings.loop == "uvloop":
-        try:
-            import uvloop  # noqa: F401  (checked before forking, so the error is one line)
-        except ImportError:
-            raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+    from .lifecycle import uvloop_or_none
+    uvloop_or_none(settings)  # checked before forking, so a missing uvloop is one line
     supervisor = Supervisor(settings, run_child, bind)
 
     def announce(line: str) -> None:

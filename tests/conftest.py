@@ -233,7 +233,7 @@ async def raw_http(port, data, timeout=5.0, host="127.0.0.1"):
 class LiveServer:
     """A `python -m server` subprocess started with --port 0; knows its URL once ready."""
 
-    READY = re.compile(r"Serving on (http://\S+/) \(pid (\d+)[,)]")
+    READY = re.compile(r"Serving on (https?://\S+/) \(pid (\d+)[,)]")
     TCP_READY = re.compile(r"TCP greeting service on ([\d.]+):(\d+)")
 
     def __init__(self, *args, env=None):

@@ -29,9 +29,12 @@ class Cluster:
     """Three instances on fixed ports behind nginx; instances can be stopped and started again."""
 
     def __init__(self, postgres_url, redis_url):
+        # one cookie secret file for all three, so a form signed by one is accepted by another
+        self.secrets = Path(tempfile.mkdtemp(prefix="hps-secret-"))
         self.common = ["--db-url", postgres_url, "--cache-url", redis_url, "--trusted-proxies",
                        "127.0.0.1/32", "--access-log", "off", "--post-rate", "off",
-                       "--shutdown-timeout", "10"]
+                       "--shutdown-timeout", "10", "--cookie-secret-file",
+                       str(self.secrets / "cookie_secret")]
         self.ports = [free_port() for _ in range(3)]
         self.instances = [self.start_instance(i) for i in range(3)]
         self.base = Path(tempfile.mkdtemp(prefix="hps-nginx-"))
@@ -79,6 +82,7 @@ http {{
         for instance in self.instances:
             instance.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.secrets, ignore_errors=True)
 
 
 @pytest.fixture

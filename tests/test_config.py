@@ -37,3 +37,11 @@ def test_errors_name_their_source():
         parse_settings([], environ={"SERVER_BACKLOG": "0"})
     with pytest.raises(ConfigError, match="^--log-level: must be one of"):
         parse_settings(["--log-level", "loud"], environ={})
+
+
+def test_garbage_collector_thresholds_default_and_can_be_reset():
+    assert parse_settings([]).gc_threshold == (5000, 10, 10)
+    assert parse_settings(["--gc-threshold", ""]).gc_threshold is None  # Python's own
+    assert parse_settings(["--gc-threshold", "10000,20,20"]).gc_threshold == (10000, 20, 20)
+    with pytest.raises(ConfigError, match="--gc-threshold"):
+        parse_settings(["--gc-threshold", "5000,10"])

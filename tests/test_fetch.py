@@ -62,6 +62,23 @@ async def test_per_url_errors_are_in_the_result(api, upstream):
     assert all(r["ok"] is False for r in results[:5])
 
 
+@pytest.mark.server_settings(outbound_timeout=0.5)
+async def test_a_gateway_error_when_every_upstream_fails(api, upstream):
+    """Every URL failing upstream is the upstream's failure: 504 with a timeout among them, else 502."""
+    hanging = await api.post("/api/fetch", {"urls": [upstream + "/sleep?s=3", "http://127.0.0.1:1/"]})
+    assert hanging.code == 504
+    message = json_of(hanging)["error"]["message"]
+    assert "timeout" in message and "connection refused" in message and upstream in message
+    reset = await api.post("/api/fetch", {"urls": [upstream + "/reset"]})
+    assert reset.code == 502
+    assert json_of(reset)["error"]["status"] == 502
+    # one good answer among them, or failures that are ours (bad URL), keep it a 200 with results
+    mixed = await api.post("/api/fetch", {"urls": [upstream + "/reset", upstream + "/page"]})
+    assert mixed.code == 200
+    ours = await api.post("/api/fetch", {"urls": ["ftp://127.0.0.1/file", upstream + "/reset"]})
+    assert ours.code == 200
+
+
 @pytest.mark.server_settings(outbound_max_bytes=64 * 1024)
 async def test_response_size_cap(api, upstream):
     big, chunked, page = await fetch(api, [upstream + "/big", upstream + "/big-chunked", upstream + "/page"])

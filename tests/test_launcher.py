@@ -61,7 +61,7 @@ def test_help_documents_every_setting():
 @pytest.mark.parametrize("args, env, expected", [
     (["--port", "70000"], {}, "--port: port must be between 0 and 65535"),
     (["--port", "abc"], {}, "--port: not a port number"),
-    (["--loop", "tokio"], {}, "--loop: must be one of asyncio, uvloop"),
+    (["--loop", "tokio"], {}, "--loop: must be one of auto, asyncio, uvloop"),
     (["--idle-timeout", "-1"], {}, "--idle-timeout: must be a finite number"),
     (["--shutdown-timeout", "nan"], {}, "--shutdown-timeout: must be a finite number"),
     (["--max-body-size", "0"], {}, "--max-body-size: must be greater than 0"),
@@ -182,3 +182,20 @@ def test_unreachable_database_at_start_exits_1_with_one_line():
     assert "cannot open the database postgresql+asyncpg://postgres@127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 15
+
+
+def test_open_file_limit_is_raised_for_max_connections(live_server_factory):
+    """Started under `ulimit -n 1024`, the server raises its soft limit to what --max-connections needs."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 6000:
+        pytest.skip(f"the hard open-file limit ({hard}) is below what this test asks for")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the child inherits it
+    try:
+        server = live_server_factory("--max-connections", "5000")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open(f"/proc/{server.proc.pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    assert int(line.split()[3]) >= 5100, line
+    assert get(server.url + "/api/hello/x")[0] == 200

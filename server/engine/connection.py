@@ -170,7 +170,9 @@ class ParserSink:
             # as strict as Tornado: anything but exactly "chunked" could frame differently in a
             # proxy in front of us (request smuggling); llhttp already refuses TE with CL
             encodings = as_list["Transfer-Encoding"]
-            if len(encodings) != 1 or encodings[0].lower() != "chunked" or "Content-Length" in as_list:
+            # (and RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing)
+            if (len(encodings) != 1 or encodings[0].lower() != "chunked"
+                    or "Content-Length" in as_list or version != "HTTP/1.1"):
                 raise _Reject(400, "unsupported Transfer-Encoding")
         else:
             length = as_list.get("Content-Length")
@@ -481,6 +483,7 @@ class Connection(asyncio.Protocol):
             self.parse_error(exc)
         ex = self.parsing
         if ex is not None and not ex.head_done and ex.error is None:
+            self.server.head_started(self)  # header_timeout runs from a head's first read
             # llhttp has no size limit of its own: count the reads spent inside one head
             if completed == self.completed and heads == self.heads:
                 self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
@@ -503,10 +506,12 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The transport's buffer is over its high-water mark: writes now wait."""
         self.write_paused = True
+        self.server.write_stalled(self)  # send_timeout: it must drain, or the connection goes
 
     def resume_writing(self) -> None:
         """The transport drained: wake the writers, serve a request held back."""
         self.write_paused = False
+        self.server.write_flowing(self)
         waiters = self.waiters
         if waiters:
             self.waiters = None
@@ -926,8 +931,8 @@ class Connection(asyncio.Protocol):
             return
         transport.close()
         if transport.get_write_buffer_size():
-            # a client that never reads must not hold the socket forever
-            self.linger = loop.call_later(self.server.idle_timeout, self.abort)
+            # a client that never reads must not hold the socket forever (send_timeout)
+            self.server.write_stalled(self)
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""

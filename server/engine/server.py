@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 from time import monotonic
 from typing import Any, Callable
@@ -11,6 +12,7 @@ from typing import Any, Callable
 from tornado import httputil
 
 from .connection import Connection, ParserSink
+from .limits import ConnectionCap, reset_on_close, sweep_period
 
 log = logging.getLogger("server.http")
 
@@ -51,19 +53,29 @@ class FastHTTPServer:
     drain, close_all_connections, connection_count, busy, draining and request_callback.
     A connection is busy from the moment its request head is complete until its response is
     finished (or it closes). Idle and head timeouts share one timer (idle_connection_timeout),
-    like Tornado's; body_timeout bounds how long a request body may take to arrive.
+    like Tornado's; body_timeout bounds how long a request body may take to arrive. Against slow
+    clients, header_timeout bounds a request head from its first byte (from accept for the first
+    request), send_timeout cuts a connection whose buffered output makes no progress, and
+    max_connections closes new connections at once while that many are open.
     """
 
     def __init__(self, request_callback: Any, *, idle_connection_timeout: float | None = None,
                  body_timeout: float | None = None, max_header_size: int | None = None,
                  max_body_size: int | None = None, decompress_request: bool = False,
-                 protocol: str | None = None) -> None:
+                 protocol: str | None = None, ssl_options: ssl.SSLContext | None = None,
+                 header_timeout: float | None = None, send_timeout: float | None = None,
+                 max_connections: int | None = None) -> None:
         self.request_callback = request_callback
+        self.ssl_context = ssl_options  # HTTPS: asyncio's TLS transport under each connection
         self.idle_timeout = idle_connection_timeout or TORNADO_IDLE_TIMEOUT
         self.body_timeout = body_timeout or None
+        self.header_timeout = header_timeout or None
+        # without one, a close with unsent output still ends after idle_timeout without progress
+        self.send_timeout = send_timeout or self.idle_timeout
+        self.cap = ConnectionCap(max_connections)
         self.max_header_size = max_header_size or 65536
         self.max_body_size = max_body_size or DEFAULT_MAX_BODY_SIZE
-        self.protocol = protocol or "http"
+        self.protocol = protocol or ("https" if ssl_options is not None else "http")
         self.decompress = decompress_request
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
             self._start = request_callback.start_request
@@ -82,9 +94,14 @@ class FastHTTPServer:
         # (one timeout for all), so the sweep stops at the first one still in time
         self.waiting_head: dict[Connection, float] = {}
         self.reading_body: dict[Connection, float] = {}
+        # connections whose request head has begun -> (deadline, conn.heads then); insertion
+        # order is deadline order; an entry whose head has since completed is dropped when due
+        self.head_deadline: dict[Connection, tuple[float, int]] = {}
+        # connections with output stuck in the transport -> (bytes buffered, deadline)
+        self.sending: dict[Connection, tuple[int, float]] = {}
         self.sink = ParserSink(self)
-        timeouts = [t for t in (self.idle_timeout, self.body_timeout) if t]
-        self._tick = max(0.05, min(1.0, min(timeouts) / 10))
+        self._tick = sweep_period(self.idle_timeout, self.body_timeout, self.header_timeout,
+                                  self.send_timeout)
         self._sweeper: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._pending: set[socket.socket] = set()
@@ -97,6 +114,11 @@ class FastHTTPServer:
     def connection_count(self) -> int:
         """Open HTTP connections (not counting ones taken over by WebSockets)."""
         return len(self._connections)
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed right after accept because --max-connections were open."""
+        return self.cap.refused
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Serve on already-bound listening sockets (their listen backlog is kept)."""
@@ -178,8 +200,12 @@ class FastHTTPServer:
             return  # stop() came first and closed it
         self._pending.discard(sock)
         try:
+            tls: dict[str, Any] = {}
+            if self.ssl_context is not None:
+                # a client that never finishes its handshake is held no longer than an idle one
+                tls = dict(ssl=self.ssl_context, ssl_handshake_timeout=min(self.idle_timeout, 60.0))
             server = await self.loop.create_server(self._new_connection, sock=sock, backlog=backlog,
-                                                   start_serving=False)
+                                                   start_serving=False, **tls)
         except Exception:
             log.exception("cannot serve on %s", sock)
             sock.close()
@@ -204,9 +230,18 @@ class FastHTTPServer:
         return delegate
 
     def connection_made(self, conn: Connection) -> None:
-        """A client connected: it has idle_timeout to send a request head."""
+        """A client connected: it has idle_timeout (and header_timeout) to send a request head.
+
+        Over --max-connections it is closed at once instead, before anything is read from it.
+        """
+        if self.cap.full(len(self._connections)):
+            self.cap.refuse()
+            conn.abort()
+            return
         self._connections.add(conn)
         self.idle(conn)
+        if self.header_timeout:
+            self.head_deadline[conn] = (monotonic() + self.header_timeout, conn.heads)
         if self._sweeper is None:
             self._schedule_sweep()
 
@@ -217,6 +252,29 @@ class FastHTTPServer:
         self.busy.discard(conn)
         self.waiting_head.pop(conn, None)
         self.reading_body.pop(conn, None)
+        self.head_deadline.pop(conn, None)
+        self.sending.pop(conn, None)
+
+    def head_started(self, conn: Connection) -> None:
+        """Part of a request head arrived: unless its timer runs already, header_timeout starts."""
+        if not self.header_timeout:
+            return
+        deadlines = self.head_deadline
+        entry = deadlines.get(conn)
+        if entry is None or entry[1] != conn.heads:
+            deadlines.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
+            deadlines[conn] = (monotonic() + self.header_timeout, conn.heads)
+
+    def write_stalled(self, conn: Connection) -> None:
+        """Output is piling up in the transport: it must make progress within send_timeout."""
+        if conn not in self.sending and conn.transport is not None:
+            self.sending[conn] = (conn.transport.get_write_buffer_size(),
+                                  monotonic() + self.send_timeout)
+
+    def write_flowing(self, conn: Connection) -> None:
+        """The transport drained below its low-water mark."""
+        if self.sending:
+            self.sending.pop(conn, None)
 
     def idle(self, conn: Connection) -> None:
         """The connection now waits for a request head (the idle/head timer starts)."""
@@ -242,6 +300,7 @@ class FastHTTPServer:
         self.busy.discard(conn)
         self.waiting_head.pop(conn, None)
         self.reading_body.pop(conn, None)
+        self.head_deadline.pop(conn, None)
 
     def detached(self, conn: Connection) -> None:
         """The connection was taken over (WebSocket): it is no HTTP connection any more."""
@@ -272,4 +331,52 @@ class FastHTTPServer:
             for conn in late:
                 self.reading_body.pop(conn, None)
                 conn.timed_out(reading_body=True)
+        if self.head_deadline:
+            self._sweep_heads(now)
+        if self.sending:
+            self._sweep_sending(now)
         self._schedule_sweep()
+
+    def _sweep_heads(self, now: float) -> None:
+        """Close connections whose request head has not arrived within header_timeout."""
+        deadlines = self.head_deadline
+        due = []
+        for conn, (deadline, heads) in deadlines.items():
+            if deadline > now:
+                break
+            due.append((conn, heads))
+        for conn, heads in due:
+            del deadlines[conn]
+            if conn.heads != heads or conn.closing:
+                continue  # that head arrived in time
+            if conn in self.busy:
+                # a pipelined head waits (unread) while the request before it is served
+                deadlines[conn] = (now + self.header_timeout, heads)
+                continue
+            log.debug("request head from %s not complete within %gs: closing", conn,
+                      self.header_timeout)
+            conn.timed_out(reading_body=False)
+
+    def _sweep_sending(self, now: float) -> None:
+        """Abort connections whose buffered output has not moved for send_timeout."""
+        sending = self.sending
+        stuck = []
+        for conn, (size, deadline) in list(sending.items()):
+            transport = conn.transport
+            if transport is None:
+                del sending[conn]
+                continue
+            buffered = transport.get_write_buffer_size()
+            if buffered == 0 and not conn.write_paused:
+                del sending[conn]  # all out
+            elif buffered < size:
+                sending[conn] = (buffered, now + self.send_timeout)  # progress
+            elif deadline <= now:
+                stuck.append(conn)
+            elif buffered > size:
+                sending[conn] = (buffered, deadline)  # more output, none of it sent
+        for conn in stuck:
+            del sending[conn]
+            log.debug("response to %s made no progress for %gs: closing", conn, self.send_timeout)
+            reset_on_close(conn.transport.get_extra_info("socket"))
+            conn.abort()

@@ -1,6 +1,7 @@
 """Caches behind one small interface: an in-process TTL/LRU cache, or Redis for many instances."""
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -34,6 +35,9 @@ class MemoryCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        # (expires, key) of every entry stored with a TTL: entries keyed by a generation that has
+        # moved on are never read again, so they must go when they expire, not wait for the LRU
+        self._expiry: list[tuple[float, str]] = []
 
     def _live(self, key: str) -> Any:
         item = self._entries.get(key)
@@ -47,10 +51,24 @@ class MemoryCache:
         return value
 
     def _store(self, key: str, value: Any, ttl: float | None) -> None:
-        self._entries[key] = (time.monotonic() + ttl if ttl else 0.0, value)
+        now = time.monotonic()
+        self._purge_expired(now)
+        expires = now + ttl if ttl else 0.0
+        self._entries[key] = (expires, value)
         self._entries.move_to_end(key)
+        if expires:
+            heapq.heappush(self._expiry, (expires, key))
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def _purge_expired(self, now: float) -> None:
+        """Drop every entry whose TTL has passed (amortised: each stored TTL is popped once)."""
+        expiry, entries = self._expiry, self._entries
+        while expiry and expiry[0][0] <= now:
+            expires, key = heapq.heappop(expiry)
+            item = entries.get(key)
+            if item is not None and item[0] == expires:  # not re-stored with another expiry since
+                del entries[key]
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
@@ -78,6 +96,7 @@ class MemoryCache:
 
     async def close(self) -> None:
         self._entries.clear()
+        self._expiry.clear()
 
 
 class RedisCache:

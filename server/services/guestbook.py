@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -61,6 +62,23 @@ class MessagePage:
     def to_json(self) -> dict[str, Any]:
         """The page as the API shows it."""
         return {"messages": self.messages, "next_before": self.next_before, "count": self.count}
+
+
+def rate_limit_unit(address: str) -> str:
+    """What one rate-limit budget belongs to: an IPv4 address, or the /64 of an IPv6 address.
+
+    One IPv6 client is handed a whole /64 and can pick a fresh address per request; counting
+    single addresses would give it 2**64 budgets. ::ffff:a.b.c.d is counted as a.b.c.d.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 class RateLimiter:
@@ -230,7 +248,7 @@ class GuestbookService:
         """Validate, rate-limit, store durably, invalidate the cache, announce. Returns the message."""
         name, text = self.clean(name, text)
         client = self.client_hash(client_address)
-        await self.limiter.check(client)
+        await self.limiter.check(self.client_hash(rate_limit_unit(client_address)))
         created = datetime.now(timezone.utc)
         async with self.db.transaction() as conn:
             result = await conn.execute(messages.insert().values(

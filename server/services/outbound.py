@@ -33,12 +33,36 @@ class ResponseTooLarge(httputil.HTTPInputError):
     """Raised from the body callback to stop reading; an HTTPInputError so Tornado closes quietly."""
 
 
+# NAT64 prefixes carry an IPv4 address in their last 32 bits: that address decides
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# IPv4-compatible addresses (::a.b.c.d, deprecated): ::7f00:1 is a spelling of 127.0.0.1
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
 def is_public_address(address: str) -> bool:
-    """True for globally routable unicast addresses; loopback, private, link-local etc. are not."""
+    """True for globally routable unicast addresses; loopback, private, link-local etc. are not.
+
+    An IPv6 address that wraps an IPv4 one (mapped, NAT64, 6to4, Teredo, IPv4-compatible) is
+    public only if the IPv4 address inside is.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_public(ip.ipv4_mapped)
+        if any(ip in network for network in _NAT64):
+            return _is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _IPV4_COMPATIBLE:
+            return False
+        if ip.sixtofour is not None and not _is_public(ip.sixtofour):
+            return False
+        if ip.teredo is not None and not all(_is_public(v4) for v4 in ip.teredo):
+            return False
+    return _is_public(ip)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (ip.is_global and not ip.is_multicast and not ip.is_reserved
+            and not ip.is_unspecified and not ip.is_loopback and not ip.is_link_local)
 
 
 class GuardedResolver(Resolver):

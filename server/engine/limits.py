@@ -1,0 +1,90 @@
+"""Limits both HTTP engines share against hostile clients: the connection cap and the sweep period.
+
+Kept free of httptools and of either engine, so the Tornado engine can use it too.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from time import monotonic
+
+log = logging.getLogger("server.http")
+
+REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals are logged at most this often (an attack must not flood the log)
+
+
+class ConnectionCap:
+    """--max-connections: whether a new connection fits, and how many were refused.
+
+    A refused connection is closed right after accept, before anything is read from it, so
+    connections already open (and the requests in flight on them) are never touched. Refusals
+    are counted for /metrics and logged at most once a second, with the count since the last line.
+    """
+
+    __slots__ = ("limit", "refused", "_logged_at", "_unlogged")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit or 0  # 0: no cap
+        self.refused = 0
+        self._logged_at = -REFUSAL_LOG_INTERVAL
+        self._unlogged = 0
+
+    def full(self, open_connections: int) -> bool:
+        """True when one more connection would go over the cap."""
+        return 0 < self.limit <= open_connections
+
+    def refuse(self) -> None:
+        """Count one refused connection (and log, at most once a second)."""
+        self.refused += 1
+        self._unlogged += 1
+        now = monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("--max-connections %d reached: refused %d new connection(s) "
+                        "(%d since start)", self.limit, self._unlogged, self.refused)
+            self._logged_at = now
+            self._unlogged = 0
+
+
+def sweep_period(*timeouts: float | None) -> float:
+    """How often to look for expired timers: a tenth of the shortest timeout, within 50 ms .. 1 s."""
+    given = [t for t in timeouts if t]
+    if not given:
+        return 1.0
+    return max(0.05, min(1.0, min(given) / 10))
+
+
+def fit_file_limit(max_connections: int, reserve: int = 100) -> None:
+    """Raise the soft open-file limit to what --max-connections needs (up to the hard limit, like
+    nginx's worker_rlimit_nofile); log when even the hard limit is too low.
+
+    Every connection is a file descriptor; past the limit accept() fails (EMFILE) before the
+    cap can refuse anything cleanly.
+    """
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = max_connections + reserve
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ImportError, OSError, ValueError):
+        return
+    if soft != resource.RLIM_INFINITY and max_connections + reserve > soft:
+        log.warning("--max-connections %d is above what the open-file limit (%d) allows; raise "
+                    "it (ulimit -n, LimitNOFILE=) or lower --max-connections", max_connections, soft)
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make the next close of this socket a reset (RST) that drops unsent data at once.
+
+    A connection cut for send_timeout has output queued in the kernel for a client that does not
+    read; a plain close would leave the kernel retrying it (memory held, for minutes) as an
+    orphan. Like nginx's reset_timedout_connection.
+    """
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (OSError, AttributeError):
+        pass
