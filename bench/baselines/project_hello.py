@@ -2,7 +2,9 @@
 
 What the engine costs without the project's handlers, metrics and access log:
 ``server.lifecycle.make_http_server(app, Settings(engine=...))`` serves
-``Application([("/", Hello)])`` on a socket bound by ``server.lifecycle.bind``.
+``Application([("/", Hello)])`` on a socket bound by ``server.lifecycle.bind``, on the event loop
+the launcher picks (``run_loop``: uvloop when installed) and with its garbage-collector tuning
+(``tune_garbage_collector``: gc.freeze() after start-up, --gc-threshold), as ``python -m server``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import tornado.web
 
 from server.config import Settings
-from server.lifecycle import bind, bound_port, make_http_server
+from server.lifecycle import bind, bound_port, make_http_server, run_loop, tune_garbage_collector
 
 from . import HELLO
 
@@ -33,6 +35,7 @@ async def main(settings: Settings) -> None:
     sockets = bind(settings.address, settings.port, settings.backlog)
     server = make_http_server(tornado.web.Application([(r"/", HelloHandler)]), settings)
     server.add_sockets(sockets)
+    tune_garbage_collector(settings)  # what python -m server does once it serves: freeze, thresholds
     print(f"Serving on http://127.0.0.1:{bound_port(sockets)}/ (pid {os.getpid()})", flush=True)
     await asyncio.Event().wait()
 
@@ -42,4 +45,5 @@ if __name__ == "__main__":
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--engine", choices=("tornado", "fast"), default="tornado")
     args = p.parse_args()
-    asyncio.run(main(Settings(port=args.port, engine=args.engine, backlog=8192)))
+    settings = Settings(port=args.port, engine=args.engine, backlog=8192)
+    run_loop(settings, main(settings))  # the launcher's loop choice: uvloop when installed
