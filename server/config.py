@@ -71,6 +71,13 @@ def parse_positive_seconds(text: str) -> float:
     return value
 
 
+def parse_connection_cap(text: str) -> int | None:
+    """A connection count, or 'auto' (empty) for what the open-file limit allows."""
+    if str(text).strip().lower() in ("", "auto"):
+        return None
+    return parse_positive_int(text)
+
+
 def parse_positive_int(text: str) -> int:
     """Parse a whole number ≥ 1."""
     try:
@@ -252,10 +259,11 @@ class Settings:
     send_timeout: float = setting(60.0, "seconds a response may make no progress towards a client "
                                   "that does not read it before the connection is cut; like "
                                   "nginx's send_timeout", parse_positive_seconds, "http", "SECONDS")
-    max_connections: int = setting(10_000, "open HTTP connections per process; beyond it a new "
-                                   "connection is closed right after accept (counted in "
-                                   "http_connections_refused_total); keep it under the open-file "
-                                   "limit", parse_positive_int, "http", "N")
+    max_connections: int | None = setting(None, "open HTTP connections per process; beyond it a "
+                                          "new connection is closed right after accept (counted "
+                                          "in http_connections_refused_total) [default: auto, the "
+                                          "open-file limit raised to its hard ceiling, less 256 "
+                                          "for other files]", parse_connection_cap, "http", "N")
     max_header_size: int = setting(64 * 1024, "largest request head accepted (bytes, K/M suffix)",
                                    parse_size, "http", "SIZE")
     max_body_size: int = setting(1024 * 1024, "largest request body accepted; larger gets 413",

@@ -84,12 +84,12 @@ def make_http_server(app: object, settings: Settings,
     options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
                    max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
                    decompress_request=False, header_timeout=settings.header_timeout,
-                   send_timeout=settings.send_timeout, max_connections=settings.max_connections)
+                   send_timeout=settings.send_timeout,
+                   max_connections=fit_file_limit(settings.max_connections))
     if ssl_context is None:
         ssl_context = make_ssl_context(settings)
     if ssl_context is not None:
         options["ssl_options"] = ssl_context
-    fit_file_limit(settings.max_connections)
     if settings.engine == "fast":
         from .engine import FastHTTPServer
         return FastHTTPServer(app, **options)  # type: ignore[return-value]

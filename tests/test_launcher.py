@@ -199,3 +199,20 @@ def test_open_file_limit_is_raised_for_max_connections(live_server_factory):
         line = next(line for line in limits if line.startswith("Max open files"))
     assert int(line.split()[3]) >= 5100, line
     assert get(server.url + "/api/hello/x")[0] == 200
+
+
+def test_connection_cap_defaults_to_what_the_open_file_limit_allows(live_server_factory):
+    """No --max-connections: the soft open-file limit goes up to the hard one (cap = hard - 256)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 2048:
+        pytest.skip(f"needs a finite hard open-file limit of at least 2048 (have {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        server = live_server_factory()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open(f"/proc/{server.proc.pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    assert int(line.split()[3]) == hard, line
+    assert get(server.url + "/api/hello/x")[0] == 200

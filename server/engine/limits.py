@@ -54,25 +54,37 @@ def sweep_period(*timeouts: float | None) -> float:
     return max(0.05, min(1.0, min(given) / 10))
 
 
-def fit_file_limit(max_connections: int, reserve: int = 100) -> None:
-    """Raise the soft open-file limit to what --max-connections needs (up to the hard limit, like
-    nginx's worker_rlimit_nofile); log when even the hard limit is too low.
+AUTO_RESERVE = 256  # descriptors kept for files, database and cache connections, the loop...
 
-    Every connection is a file descriptor; past the limit accept() fails (EMFILE) before the
-    cap can refuse anything cleanly.
+
+def fit_file_limit(max_connections: int | None, reserve: int = 100) -> int | None:
+    """The connection cap to use, with the soft open-file limit raised to fit it.
+
+    The soft limit goes up to what --max-connections needs (at most the hard limit, like nginx's
+    worker_rlimit_nofile); a warning when even the hard limit is too low. Every connection is a
+    file descriptor; past the limit accept() fails (EMFILE) before the cap can refuse anything
+    cleanly. With no --max-connections (auto) the soft limit is raised to the hard one and the cap
+    is that less AUTO_RESERVE; None (no cap) when the limit is unknown or infinite.
     """
     try:
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if max_connections is None:
+            if hard == resource.RLIM_INFINITY:
+                return None
+            if soft == resource.RLIM_INFINITY or soft < hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return max(1, hard - AUTO_RESERVE)
         wanted = max_connections + reserve
         if soft != resource.RLIM_INFINITY and soft < wanted:
             soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     except (ImportError, OSError, ValueError):
-        return
+        return max_connections
     if soft != resource.RLIM_INFINITY and max_connections + reserve > soft:
         log.warning("--max-connections %d is above what the open-file limit (%d) allows; raise "
                     "it (ulimit -n, LimitNOFILE=) or lower --max-connections", max_connections, soft)
+    return max_connections
 
 
 def reset_on_close(sock: socket.socket | None) -> None:
