@@ -30,7 +30,7 @@ test: .make-test.stamp
 
 # The hardening tests plus the long bounded soak/fault tests; rewrites RELIABILITY.md.
 soak: .make-test.stamp
-	$(PY) -m pytest -m "hardening or soak" --reliability-report RELIABILITY.md $(ARGS)
+	$(PY) -m pytest tests -m "hardening or soak" --reliability-report=RELIABILITY.md $(ARGS)
 
 bench: .make-test.stamp
 	$(PY) -m bench.suite $(ARGS)
