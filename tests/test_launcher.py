@@ -184,35 +184,34 @@ def test_unreachable_database_at_start_exits_1_with_one_line():
     assert time.monotonic() - started < 15
 
 
-def test_open_file_limit_is_raised_for_max_connections(live_server_factory):
-    """Started under `ulimit -n 1024`, the server raises its soft limit to what --max-connections needs."""
+def _started_under_soft_file_limit(live_server_factory, soft_limit, *args):
+    """A server started while this process's soft open-file limit is soft_limit; its own soft limit."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 6000:
-        pytest.skip(f"the hard open-file limit ({hard}) is below what this test asks for")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the child inherits it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft_limit, hard))  # the child inherits it
     try:
-        server = live_server_factory("--max-connections", "5000")
+        server = live_server_factory(*args)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     with open(f"/proc/{server.proc.pid}/limits") as limits:
         line = next(line for line in limits if line.startswith("Max open files"))
-    assert int(line.split()[3]) >= 5100, line
     assert get(server.url + "/api/hello/x")[0] == 200
+    return int(line.split()[3])
+
+
+def test_open_file_limit_is_raised_for_max_connections(live_server_factory):
+    """Started under `ulimit -n 1024`, the server raises its soft limit to what --max-connections needs."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 6000:
+        pytest.skip(f"the hard open-file limit ({hard}) is below what this test asks for")
+    assert _started_under_soft_file_limit(live_server_factory, 1024, "--max-connections", "5000") >= 5100
 
 
 def test_connection_cap_defaults_to_what_the_open_file_limit_allows(live_server_factory):
     """No --max-connections: the soft open-file limit goes up to the hard one (cap = hard - 256)."""
     import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY or hard < 2048:
         pytest.skip(f"needs a finite hard open-file limit of at least 2048 (have {hard})")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
-    try:
-        server = live_server_factory()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    with open(f"/proc/{server.proc.pid}/limits") as limits:
-        line = next(line for line in limits if line.startswith("Max open files"))
-    assert int(line.split()[3]) == hard, line
-    assert get(server.url + "/api/hello/x")[0] == 200
+    assert _started_under_soft_file_limit(live_server_factory, 1024) == hard
