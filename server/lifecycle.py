@@ -174,6 +174,8 @@ class ServerRuntime:
         m.gauge("compute_jobs_pending", "compute jobs running or queued",
                 lambda: services.compute.pending)
         m.gauge("server_draining", "1 while shutting down", lambda: int(state.draining))
+        # a leak of work shows here first: requests, fetches and DB calls each live in a task
+        m.gauge("asyncio_tasks", "asyncio tasks alive in this process", lambda: len(asyncio.all_tasks()))
 
     async def stop(self) -> bool:
         """Drain gracefully and close services in reverse; False if the timeout cut requests off."""

@@ -91,6 +91,19 @@ async def connection_gauges(port: int) -> tuple[float, float]:
     return values["http_connections_open"], values["http_requests_in_flight"]
 
 
+TASK_SLACK = 2
+
+
+async def settle_tasks(port: int, target: float, seconds: float = 8.0) -> float:
+    """asyncio tasks alive in the server (its asyncio_tasks gauge), once down to target or after seconds."""
+    deadline = time.monotonic() + seconds
+    while True:
+        count = (await gauges(port))["asyncio_tasks"]
+        if count <= target or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
 # --- PostgreSQL stopped and restarted ---
 
 def postgres_connections(server, database: str) -> int:
@@ -149,6 +162,7 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     fds_before = open_fds(pid)
     pg_before = await in_executor(postgres_connections, postgres_server, database)
     conns_before = await connection_gauges(port)
+    tasks_before = (await gauges(port))["asyncio_tasks"]
 
     traffic = Traffic(port, "outage")
     try:
@@ -175,6 +189,7 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     pg_after = await in_executor(postgres_connections, postgres_server, database)
     conns_after = await connection_gauges(port)
+    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
 
     statuses = [status_of(a) for _, a in answers]
     bad = [(path, s) for (path, a), s in zip(answers, statuses) if s not in (200, 201, 503)]
@@ -196,6 +211,8 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     assert fds_during <= fds_before + 25, f"fds {fds_during} during the outage"
     assert pg_after <= max(pg_before, 1) + 2, f"PostgreSQL connections {pg_before} → {pg_after}"
     assert conns_after == conns_before  # only the probe itself: nothing left open or busy
+    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
+    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
 
 
 def postgres_processes(server) -> list[int]:
@@ -231,6 +248,7 @@ async def test_frozen_postgres_is_503_within_db_timeout_then_recovers_without_le
     fds_before = open_fds(pid)
     pg_before = await in_executor(postgres_connections, postgres_server, database)
     conns_before = await connection_gauges(port)
+    tasks_before = (await gauges(port))["asyncio_tasks"]
 
     frozen = postgres_processes(postgres_server)
     timings = []
@@ -264,6 +282,7 @@ async def test_frozen_postgres_is_503_within_db_timeout_then_recovers_without_le
     fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     pg_after = await in_executor(postgres_connections, postgres_server, database)
     conns_after = await connection_gauges(port)
+    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
 
     statuses = [status_of(a) for _, a in answers]
     reliability.figure(
@@ -281,6 +300,8 @@ async def test_frozen_postgres_is_503_within_db_timeout_then_recovers_without_le
     assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
     assert pg_after <= max(pg_before, 1) + 2, f"PostgreSQL connections {pg_before} → {pg_after}"
     assert conns_after == conns_before
+    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
+    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
 
 
 # --- Redis stopped and restarted ---
@@ -312,6 +333,7 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
     fds_before = open_fds(pid)
     redis_before = await in_executor(redis_clients, redis_server)
     conns_before = await connection_gauges(port)
+    tasks_before = (await gauges(port))["asyncio_tasks"]
 
     await in_executor(redis_server.stop)
     try:
@@ -333,6 +355,7 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
     fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     redis_after = await in_executor(redis_clients, redis_server)
     conns_after = await connection_gauges(port)
+    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
     reliability.figure(
         f"{len(during)} requests with Redis down: {len(during) - len(bad)} answered 200/201 from the "
         f"database, {len(bad)} other; cache ok {recovery_s:.1f} s after Redis restarted; then "
@@ -344,6 +367,8 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
     assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
     assert redis_after <= redis_before + 1, f"Redis clients {redis_before} → {redis_after}"
     assert conns_after == conns_before
+    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
+    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
 
 
 # --- an upstream of /api/fetch that hangs, and one that resets ---
@@ -396,7 +421,8 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
                                                                      reliability):
     reliability.describe("/api/fetch to an upstream that accepts and never answers, and one that "
                          "resets: per-URL 'timeout' within --outbound-timeout and 'connection "
-                         "reset' in a 200 JSON answer, never a 500; the server closes every "
+                         "reset' in a 200 JSON answer beside a good URL, JSON 504 / 502 when they "
+                         "are the only URLs, never a 500; the server closes every "
                          "upstream socket; fds and connections back to baseline", area="faults")
     faulty = FaultyUpstream()
     hang_url, reset_url = await faulty.start()
@@ -409,6 +435,7 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         assert all(a.status == 200 and all(r["ok"] for r in a.json()["results"]) for a in warm)
         fds_before = open_fds(pid)
         conns_before = await connection_gauges(port)
+        tasks_before = (await gauges(port))["asyncio_tasks"]
 
         started = time.monotonic()
         bad_calls = [("POST", "/api/fetch", {"urls": [hang_url, reset_url, upstream + "/plain"]})] * 30
@@ -420,6 +447,9 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         hang_errors = {r[0]["error"] for r in results}
         reset_errors = {r[1]["error"] for r in results}
         hang_ms = max(r[0]["time_ms"] for r in results)
+        # every URL failing upstream is a gateway error: 504 with a timeout among them, else 502
+        only_hang = await burst(port, [("POST", "/api/fetch", {"urls": [hang_url]})] * 10, concurrency=10)
+        only_reset = await burst(port, [("POST", "/api/fetch", {"urls": [reset_url]})] * 10, concurrency=10)
 
         await wait_until(lambda: _true_when(faulty.hung_closed_by_peer >= len(faulty.hung)), 10,
                          "the server closed every hanging upstream connection")
@@ -427,6 +457,7 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         after_ok = sum(a.status == 200 and all(r["ok"] for r in a.json()["results"]) for a in after)
         fds_after = await settle_fds(pid, fds_before + FD_SLACK)
         conns_after = await connection_gauges(port)
+        tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
     finally:
         await faulty.close()
     reliability.figure(
@@ -436,7 +467,13 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         f"{sorted(reset_errors)}; {faulty.hung_closed_by_peer}/{fds_during_peak} hung upstream "
         f"sockets closed by the server; then {after_ok}/{len(after)} OK; fds {fds_before} → "
         f"{fds_after}; HTTP connections {conns_before[0]:.0f} → {conns_after[0]:.0f}")
+    reliability.figure(f"10 fetches of only the hanging upstream: {sorted({status_of(a) for a in only_hang})}; "
+                       f"10 of only the resetting one: {sorted({status_of(a) for a in only_reset})}")
     assert statuses == [200] * len(bad_calls)
+    assert [a.status for a in only_hang] == [504] * 10
+    assert all("timeout" in a.json()["error"]["message"] for a in only_hang)
+    assert [a.status for a in only_reset] == [502] * 10
+    assert all(a.json()["error"]["status"] == 502 for a in only_reset)
     assert hang_errors == {"timeout"}
     assert all(e and ("reset" in e or "closed" in e) for e in reset_errors), reset_errors
     assert all(r[2]["ok"] for r in results), "a good URL failed next to the bad ones"
@@ -444,6 +481,8 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
     assert after_ok == len(after)
     assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
     assert conns_after == conns_before
+    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
+    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
 
 
 async def _true_when(value: bool) -> bool:
