@@ -6,7 +6,7 @@ import logging
 import socket
 import time
 
-from .engine.server import listen_backlog
+from .engine.listeners import Listeners
 from .services import Invalid
 from .services.greeting import GreetingService
 
@@ -29,9 +29,7 @@ class GreetingTCPServer:
         self.closing = False
         self.writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._servers: list[asyncio.AbstractServer] = []
-        self._pending: set[socket.socket] = set()
-        self._starting: set[asyncio.Task[None]] = set()
+        self.listeners = Listeners()
 
     @property
     def connection_count(self) -> int:
@@ -40,32 +38,15 @@ class GreetingTCPServer:
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Serve on already-bound listening sockets (their listen backlog is kept)."""
-        loop = asyncio.get_running_loop()
-        for sock in sockets:
-            self._pending.add(sock)
-            task = loop.create_task(self._listen(sock))
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
+        self.listeners.add(sockets, self._listen)
 
-    async def _listen(self, sock: socket.socket) -> None:
-        if self.closing or sock not in self._pending:
-            return
-        server = await asyncio.start_server(self._serve, sock=sock, backlog=listen_backlog(sock),
-                                            limit=max(self.max_line * 2, 65536))
-        self._pending.discard(sock)
-        if self.closing:
-            server.close()
-        else:
-            self._servers.append(server)
+    async def _listen(self, sock: socket.socket, backlog: int) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._serve, sock=sock, backlog=backlog, start_serving=False,
+                                          limit=max(self.max_line * 2, 65536))
 
     def stop(self) -> None:
         """Stop accepting: close the listening sockets, so new connections are refused."""
-        for sock in self._pending:
-            sock.close()
-        self._pending.clear()
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
+        self.listeners.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client until it closes, goes idle, or sends a line that is too long."""
@@ -143,8 +124,6 @@ class GreetingTCPServer:
         """Stop accepting, let pending answers flush, then close every client connection."""
         self.closing = True
         self.stop()
-        for task in list(self._starting):
-            task.cancel()
         deadline = time.monotonic() + timeout
         for writer in list(self.writers):
             transport = writer.transport

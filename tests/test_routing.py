@@ -3,7 +3,6 @@ import pytest
 import tornado.web
 from tornado import httputil
 
-from server.app import make_app
 from server.routing import Application, RouteIndex, literal_first_segment
 from tornado.routing import PathMatches, Rule
 

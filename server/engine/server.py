@@ -5,7 +5,6 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
 from time import monotonic
 from typing import Any, Callable
 
@@ -13,27 +12,13 @@ from tornado import httputil
 
 from .connection import Connection, ParserSink
 from .limits import ConnectionCap, reset_on_close, sweep_period
+from .listeners import Listeners
 
 log = logging.getLogger("server.http")
 
 TORNADO_IDLE_TIMEOUT = 3600.0  # what Tornado's HTTPServer uses when idle_connection_timeout is unset
 DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # Tornado's default (its max_buffer_size)
 CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
-
-
-def listen_backlog(sock: socket.socket) -> int:
-    """The backlog a listening socket was given, so that asyncio's listen() call keeps it.
-
-    Linux reports it as tcpi_sacked in TCP_INFO of a listening socket; elsewhere SOMAXCONN.
-    """
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        backlog = struct.unpack_from("I", info, 28)[0]
-        if backlog > 0:
-            return backlog
-    except (OSError, AttributeError, struct.error):
-        pass
-    return socket.SOMAXCONN
 
 
 def _callable_starter(callback: Callable[[httputil.HTTPServerRequest], None]) -> Callable[..., Any]:
@@ -103,10 +88,7 @@ class FastHTTPServer:
         self._tick = sweep_period(self.idle_timeout, self.body_timeout, self.header_timeout,
                                   self.send_timeout)
         self._sweeper: asyncio.TimerHandle | None = None
-        self._servers: list[asyncio.AbstractServer] = []
-        self._pending: set[socket.socket] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopped = False
+        self.listeners = Listeners()
 
     # --- what the rest of the server uses ---
 
@@ -124,21 +106,11 @@ class FastHTTPServer:
         """Serve on already-bound listening sockets (their listen backlog is kept)."""
         loop = asyncio.get_running_loop()
         self._bind(loop)
-        for sock in sockets:
-            self._pending.add(sock)
-            task = loop.create_task(self._listen(sock, listen_backlog(sock)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.listeners.add(sockets, self._serve)
 
     def stop(self) -> None:
         """Stop accepting: close the listening sockets, so new connections are refused."""
-        self._stopped = True
-        for sock in self._pending:
-            sock.close()
-        self._pending.clear()
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
+        self.listeners.stop()
 
     async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
         """Stop accepting, let requests in flight finish (up to timeout), then close everything.
@@ -181,7 +153,7 @@ class FastHTTPServer:
         deadline = monotonic() + CLOSE_WAIT_SECONDS
         while (self._connections or self._detached) and monotonic() < deadline:
             await asyncio.sleep(0.005)
-        if self._stopped and self._sweeper is not None and not self._connections:
+        if self.listeners.stopped and self._sweeper is not None and not self._connections:
             self._sweeper.cancel()
             self._sweeper = None
 
@@ -195,26 +167,13 @@ class FastHTTPServer:
         self.done.set_result(None)
         self._schedule_sweep()
 
-    async def _listen(self, sock: socket.socket, backlog: int) -> None:
-        if sock not in self._pending:
-            return  # stop() came first and closed it
-        self._pending.discard(sock)
-        try:
-            tls: dict[str, Any] = {}
-            if self.ssl_context is not None:
-                # a client that never finishes its handshake is held no longer than an idle one
-                tls = dict(ssl=self.ssl_context, ssl_handshake_timeout=min(self.idle_timeout, 60.0))
-            server = await self.loop.create_server(self._new_connection, sock=sock, backlog=backlog,
-                                                   start_serving=False, **tls)
-        except Exception:
-            log.exception("cannot serve on %s", sock)
-            sock.close()
-            return
-        self._servers.append(server)
-        if self._stopped:
-            server.close()
-            return
-        await server.start_serving()
+    async def _serve(self, sock: socket.socket, backlog: int) -> asyncio.AbstractServer:
+        tls: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            # a client that never finishes its handshake is held no longer than an idle one
+            tls = dict(ssl=self.ssl_context, ssl_handshake_timeout=min(self.idle_timeout, 60.0))
+        return await self.loop.create_server(self._new_connection, sock=sock, backlog=backlog,
+                                             start_serving=False, **tls)
 
     def _new_connection(self) -> Connection:
         return Connection(self)
@@ -311,7 +270,7 @@ class FastHTTPServer:
     # --- timeouts ---
 
     def _schedule_sweep(self) -> None:
-        if self._stopped and not self._connections:
+        if self.listeners.stopped and not self._connections:
             self._sweeper = None
             return
         self._sweeper = self.loop.call_later(self._tick, self._sweep)
