@@ -419,13 +419,18 @@ def test_connections_over_the_cap_are_closed_and_requests_in_flight_complete(
     reliability.describe(f"--max-connections {cap}: {cap} connections with a 1.5 s request in "
                          f"flight, then {extra} more ({engine} engine)", area="slow clients")
     server = start_server(live_server_factory, engine, "--max-connections", str(cap))
+    fds_before = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
     statuses, extras = run_async(cap_scenario(server.port, cap, extra))
     assert statuses == [200] * cap, statuses
     outcomes = [outcome for outcome, _ in extras]
     assert outcomes == ["closed"] * extra, outcomes
     slowest = max(seconds for _, seconds in extras)
     assert slowest < 1.0, f"an extra connection took {slowest:.2f} s to be closed"
-    # the server stays up and counts what it refused
+    # the server stays up and counts what it refused; ask once it has seen the clients' closes
+    # (a request while it still counts them open would itself be refused at the cap)
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{server.proc.pid}/fd")) > fds_before and time.monotonic() < deadline:
+        time.sleep(0.05)
     status, metrics = run_async(http_get(server.port, "/metrics"))
     assert status == 200
     refused = float(re.search(rb"^http_connections_refused_total (\S+)$", metrics, re.M).group(1))
