@@ -90,6 +90,8 @@ def throughput_plan(engines: list[str], wanted: set[str], tmp: Path
         servers[f"full-{e}"] = project_argv(e, tmp / f"data-full-{e}", "--access-log", "off",
                                             "--post-rate", "off", "--files", files)
         servers[f"logged-{e}"] = project_argv(e, tmp / f"data-logged-{e}", "--access-log", "combined")
+        # Suite 3's pair differs in --no-metrics alone: neither serves the other suites' paths
+        servers[f"metrics-{e}"] = project_argv(e, tmp / f"data-metrics-{e}", "--access-log", "off")
         servers[f"nometrics-{e}"] = project_argv(e, tmp / f"data-nometrics-{e}", "--access-log", "off",
                                                  "--no-metrics")
         targets += [
@@ -97,6 +99,8 @@ def throughput_plan(engines: list[str], wanted: set[str], tmp: Path
             Target(f"logged-{e}", f"logged-{e}", HELLO_PATH,
                    f"`{HELLO_PATH}` access log + metrics, {e} engine req/s"),
             Target(f"hello-{e}", f"full-{e}", HELLO_PATH, f"`{HELLO_PATH}` metrics on, {e} engine req/s"),
+            Target(f"metrics-{e}", f"metrics-{e}", HELLO_PATH,
+                   f"`{HELLO_PATH}` metrics on (nothing else served), {e} engine req/s"),
             Target(f"nometrics-{e}", f"nometrics-{e}", HELLO_PATH,
                    f"`{HELLO_PATH}` --no-metrics, {e} engine req/s"),
             Target(f"messages-{e}", f"full-{e}", "/api/messages", f"`/api/messages`, {e} engine req/s"),
@@ -145,11 +149,13 @@ def throughput_sections(engines: list[str]) -> list[dict]:
          "read": "the ratio is the share of the bare engine's throughput left after routing, "
                  "request ids, JSON, metrics and the access log."},
         {"id": "metrics", "title": "Suite 3: metrics on vs off",
-         "targets": [*per_engine("hello-{e}"), *per_engine("nometrics-{e}")],
-         "ratios": [(f"metrics on ÷ --no-metrics, {e} engine", f"hello-{e}", f"nometrics-{e}",
+         "targets": [*per_engine("metrics-{e}"), *per_engine("nometrics-{e}")],
+         "ratios": [(f"metrics on ÷ --no-metrics, {e} engine", f"metrics-{e}", f"nometrics-{e}",
                      (">=", 0.95)) for e in engines],
          "what": f"`GET {HELLO_PATH}` through the full application with `--access-log off`: "
-                 "metrics on (the default) vs `--no-metrics`.",
+                 "metrics on (the default) vs `--no-metrics`, two servers whose command lines "
+                 "differ in `--no-metrics` alone and which serve nothing else (Suite 1's "
+                 "full-app server also serves Suites 4 and 5).",
          "read": "1 minus the ratio is what recording the metrics of every request costs."},
         {"id": "guestbook", "title": "Suite 4: guestbook first page from the cache vs hello",
          "targets": [*per_engine("messages-{e}"), *per_engine("hello-{e}")],
@@ -211,34 +217,51 @@ def rounds_over(items: list, rounds: int):
             yield r, item
 
 
+def round_argv(argv: list[str], r: int) -> list[str]:
+    """A server's command for round r: the same, with a data directory of its own."""
+    if "--data-dir" not in argv:
+        return argv
+    i = argv.index("--data-dir") + 1
+    return [*argv[:i], f"{argv[i]}-round{r + 1}", *argv[i + 1:]]
+
+
 def run_throughput(env: Env, engines: list[str], wanted: set[str]) -> tuple[list[dict], dict]:
-    """Scenarios 1-5 side by side: every server up at once, pinned; rounds over every target."""
+    """Scenarios 1-5 side by side, pinned; every round starts fresh server processes.
+
+    Two processes of the same server can differ by several per cent in req/s over many runs
+    (address layout, hash seed: two identical servers read 0.94-0.95x of each other in three of
+    four rounds), so servers kept across rounds make that luck a fixed bias of a ratio; a fresh
+    process per round samples it instead.
+    """
     a = env.args
     specs, targets, sections = throughput_plan(engines, wanted, env.tmp)
     if not targets:
         return [], {}
-    servers = start_all(specs, env.tmp, env.server_cpus)
     samples: dict[str, list] = {t.key: [None] * a.rounds for t in targets}
-    try:
-        for key, server in servers.items():
-            if key.startswith("full-"):
-                seed_guestbook(server.url, SEED_MESSAGES)
-        if a.warmup:
-            for t in targets:
-                try:
-                    closed_loop(env.tool, servers[t.server].url + t.path, a.connections, 1,
-                                env.client_cpu)
-                except Exception as exc:
-                    print(f"  warm-up of {t.key} failed: {exc}", file=env.log, flush=True)
-        for r, t in rounds_over(targets, a.rounds):
-            res = one_run(env, servers[t.server], servers[t.server].url + t.path, env.client_cpu)
-            samples[t.key][r] = res
-            print(f"[round {r + 1}/{a.rounds}] {t.key}: " + (
-                f"{res['rps']:,.0f} req/s, server CPU {res['server_cpu']:.0f}%, "
-                f"errors {res['errors']}" if res["rps"] is not None else f"failed: {res['error']}"),
-                file=env.log, flush=True)
-    finally:
-        stop_all(servers)
+    for r in range(a.rounds):
+        servers = start_all({k: round_argv(v, r) for k, v in specs.items()}, env.tmp,
+                            env.server_cpus)
+        try:
+            for key, server in servers.items():
+                if key.startswith("full-"):
+                    seed_guestbook(server.url, SEED_MESSAGES)
+            if a.warmup:
+                for t in targets:
+                    try:
+                        closed_loop(env.tool, servers[t.server].url + t.path, a.connections, 1,
+                                    env.client_cpu)
+                    except Exception as exc:
+                        print(f"  warm-up of {t.key} failed: {exc}", file=env.log, flush=True)
+            for t in (targets if r % 2 == 0 else targets[::-1]):
+                res = one_run(env, servers[t.server], servers[t.server].url + t.path,
+                              env.client_cpu)
+                samples[t.key][r] = res
+                print(f"[round {r + 1}/{a.rounds}] {t.key}: " + (
+                    f"{res['rps']:,.0f} req/s, server CPU {res['server_cpu']:.0f}%, "
+                    f"errors {res['errors']}" if res["rps"] is not None
+                    else f"failed: {res['error']}"), file=env.log, flush=True)
+        finally:
+            stop_all(servers)
     labels = {t.key: t.label for t in targets}
     out = []
     for s in sections:
@@ -257,6 +280,40 @@ def run_throughput(env: Env, engines: list[str], wanted: set[str]) -> tuple[list
                     "notes": [f"Request errors over these runs: {errors}. " + DISTURBED_NOTE]})
     return out, {t.key: {"label": t.label, "server": t.server, "path": t.path,
                          "samples": samples[t.key]} for t in targets}
+
+
+def run_app_cpu(env: Env, section: dict) -> dict:
+    """Suite 3's second measure: CPU per request in one process, no sockets (bench.app_cpu)."""
+    a = env.args
+    cmd = ["-m", "bench.app_cpu", "--rounds", str(a.rounds), "--requests", str(a.app_requests)]
+    env.quiet.wait(env.log)
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, preexec_fn=_pin(min(env.server_cpus) if env.server_cpus
+                                                       else None))
+    if proc.returncode != 0:
+        samples = {k: [None] * a.rounds for k in ("bare", "metrics", "nometrics")}
+        print(f"bench.app_cpu failed: {proc.stderr[-500:]}", file=env.log, flush=True)
+    else:
+        samples = json.loads(proc.stdout)["samples"]
+    print(f"[app_cpu] {samples}", file=env.log, flush=True)
+    section["rows"] += [
+        row("bare hello `/`, CPU per request in process", "us", samples["bare"]),
+        row(f"`{HELLO_PATH}` metrics on, CPU per request in process", "us", samples["metrics"]),
+        row(f"`{HELLO_PATH}` --no-metrics, CPU per request in process", "us", samples["nometrics"]),
+        row("metrics on ÷ --no-metrics, in process (requests per CPU second)", "ratio",
+            [off / on if on and off else None
+             for on, off in zip(samples["metrics"], samples["nometrics"])], goal=(">=", 0.95)),
+    ]
+    section["commands"].append(env.show(cmd))
+    section["notes"].append(
+        "The in-process rows come from `python -m bench.app_cpu`: one process builds the bare "
+        "hello `Application` and the full application twice (metrics on, `--no-metrics`) and "
+        f"feeds each {a.app_requests:,} `GET`s per round through `Application.start_request` "
+        "on an in-memory connection, alternating them. It measures the application's own CPU cost free of the "
+        "loopback and scheduler effects that move closed-loop runs of identical servers by "
+        "several per cent (two identical server processes read 0.93-1.11x of each other in 4 s "
+        "runs).")
+    return samples
 
 
 DISTURBED_NOTE = ("A value marked * comes from a run in which the server got under "
@@ -484,6 +541,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-connections", type=int, default=1000)
     p.add_argument("--slow-ms", type=int, default=1000)
     p.add_argument("--slow-rounds", type=int, help="slow scenario rounds (default 3)")
+    p.add_argument("--app-requests", type=int,
+                   help="requests per variant and round of Suite 3's in-process measure "
+                        "(bench.app_cpu; default 20000, --quick 3000)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
                    help="skip the 1 s warm-up run of every target")
     p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
@@ -499,7 +559,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = {"rounds": 3, "seconds": 1.0 if quick else 5.0, "warmup": not quick,
                 "hold_connections": 2000 if quick else 10000, "probe_seconds": 2.0 if quick else 5.0,
                 "hold_rounds": 1 if quick else 3, "slow_rounds": 1 if quick else 3,
-                "wait_budget": 45.0 if quick else 180.0}
+                "wait_budget": 45.0 if quick else 180.0,
+                "app_requests": 3000 if quick else 20000}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -556,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         if wanted:
             found, raw["throughput"] = run_throughput(env, engines, wanted)
             sections += found
+        if "metrics" in args.only:
+            raw["app_cpu"] = run_app_cpu(env, next(s for s in sections if s["id"] == "metrics"))
         for name, runner in (("hold", run_hold), ("slow", run_slow), ("processes", run_processes)):
             if name in args.only:
                 found, raw[name] = runner(env, engines)
@@ -604,7 +667,9 @@ def describe(args, argv, tool: str, env: Env, engines: list[str], notes: list[st
         f"{args.connections} keep-alive connections, {args.seconds:g} s each, "
         f"{'a 1 s warm-up run per target, ' if args.warmup else ''}{args.rounds} round(s) over "
         "every target, alternately forward and backward so a drift of the machine cancels out of "
-        "the ratios. Each server's stderr (its log and access log) goes to a file. "
+        "the ratios; in Suites 1-5 every round starts its own server processes (two processes of "
+        "one server can differ by several per cent over many runs). Each server's stderr (its "
+        "log and access log) goes to a file. "
         "Ratios are medians of the per-round ratios; absolute req/s drift on this shared machine "
         "and are only comparable within one run.",
         "",

@@ -15,16 +15,16 @@ def test_suite_runs_every_kind_of_scenario_and_writes_its_block(tmp_path):
     markdown.write_text((ROOT / "BENCHMARKS.md").read_text())
     before = markdown.read_text()
     cmd = [sys.executable, "-m", "bench.suite", "--tool", "bench", "--engines", "tornado",
-           "--only", "guestbook,hold,slow,processes", "--seconds", "0.3", "--rounds", "1",
+           "--only", "metrics,guestbook,hold,slow,processes", "--seconds", "0.3", "--rounds", "1",
            "--no-wait", "--no-warmup", "--hold-connections", "100", "--probe-seconds", "0.3",
            "--hold-rounds", "1", "--slow-connections", "20", "--slow-ms", "100",
-           "--slow-rounds", "1", "--out", str(tmp_path), "--markdown", str(markdown)]
+           "--slow-rounds", "1", "--app-requests", "500", "--out", str(tmp_path), "--markdown", str(markdown)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     result = json.loads((tmp_path / "bench-suite.json").read_text())
     sections = {s["id"]: s for s in result["sections"]}
-    assert list(sections) == ["guestbook", "hold", "slow", "processes"]
+    assert list(sections) == ["metrics", "guestbook", "hold", "slow", "processes"]
     for section in sections.values():
         for row in section["rows"]:
             assert row["median"] is not None and row["median"] > 0, (section["id"], row)
@@ -32,10 +32,16 @@ def test_suite_runs_every_kind_of_scenario_and_writes_its_block(tmp_path):
     assert ratio["kind"] == "ratio" and len(ratio["values"]) == 1 and ratio["goal"] == [">=", 0.7]
     assert all(s["connections"] >= 100 for s in result["raw"]["hold"]["stock"])
     assert result["raw"]["slow"]["slow-tornado"][0]["ok"] == 20
+    # Suite 3's in-process measure: CPU per request of each variant, and its ratio with the goal
+    in_process = {r["label"]: r for r in sections["metrics"]["rows"] if r["kind"] in ("us", "ratio")}
+    on_off = in_process["metrics on ÷ --no-metrics, in process (requests per CPU second)"]
+    assert on_off["goal"] == [">=", 0.95] and 0.5 < on_off["median"] < 2
+    assert set(result["raw"]["app_cpu"]) == {"bare", "metrics", "nometrics"}
 
     text = markdown.read_text()
     assert KEPT in text and text.startswith(before.split(BEGIN)[0].rstrip("\n"))  # others kept
     assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "## Suite 3: metrics on vs off" in text and "python -m bench.app_cpu" in text
     assert "## Suite 4: guestbook first page from the cache vs hello" in text
     assert "## Suite 6: 100 idle keep-alive connections" in text
     assert "python -m bench.suite --tool bench" in text  # the exact command
