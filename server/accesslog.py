@@ -1,30 +1,95 @@
 """Per-request bookkeeping at the end of every request: metrics and the access log line."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
-import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 from .metrics import Metrics
 
-ACCESS_LOGGER = "server.access"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def access_logger() -> logging.Logger:
-    """A logger that writes bare access lines to stderr (no level/time prefix, so lines parse)."""
-    logger = logging.getLogger(ACCESS_LOGGER)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-    return logger
+# One write() of at most this many bytes to a pipe is never interleaved with another process's
+# (POSIX PIPE_BUF, 4096 on Linux): worker processes sharing stderr keep their lines whole.
+PIPE_BUF = 4096
+
+
+class AccessLogWriter:
+    """Access log lines to stderr, written in batches instead of one write per request.
+
+    A line waits at most ``flush_interval`` seconds (one timer on the event loop) or until
+    ``max_pending`` bytes wait; each write() carries whole lines and at most PIPE_BUF bytes
+    unless one line is longer. ``flush_interval`` 0 writes every line at once. Through the
+    logging module, a line cost a LogRecord, a caller lookup, a lock and a write system call:
+    with it, bench Suite 2 measured /api/hello/x at two thirds of its throughput without it.
+    """
+
+    def __init__(self, flush_interval: float, stream: TextIO | None = None,
+                 max_pending: int = 64 * 1024) -> None:
+        self.flush_interval = flush_interval
+        self.stream = stream  # None: whatever sys.stderr is when writing
+        self.max_pending = max_pending
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline)."""
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if not self.flush_interval or self._size >= self.max_pending:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: nothing would flush later
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        """Write every waiting line now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines = self._lines
+        if not lines:
+            return
+        self._lines, self._size = [], 0
+        stream = self.stream or sys.stderr
+        try:
+            stream.flush()  # what the process logged before these lines goes first
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None  # a stream without a file (captured output): write text
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", "backslashreplace") + b"\n"
+            if chunk and size + len(data) > PIPE_BUF:
+                self._emit(stream, fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        self._emit(stream, fd, b"".join(chunk))
+
+    @staticmethod
+    def _emit(stream: TextIO, fd: int | None, data: bytes) -> None:
+        try:
+            if fd is None:
+                stream.write(data.decode("utf-8"))
+                stream.flush()
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except (OSError, ValueError):
+            pass  # stderr is gone (a closed pipe): the access log cannot be written anywhere
 
 
 def client_address(peer: str, headers: Any, trusted: Sequence[Network]) -> str:
@@ -67,11 +132,13 @@ def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
 class RequestObserver:
     """Tornado's log_function: records every finished request in the metrics and the access log."""
 
-    def __init__(self, metrics: Metrics, log_format: str) -> None:
+    def __init__(self, metrics: Metrics, log_format: str, flush_interval: float = 0.0) -> None:
         self.metrics = metrics
         self.log_format = log_format
-        self.logger = access_logger() if log_format != "off" else None
+        self.writer = AccessLogWriter(flush_interval) if log_format != "off" else None
         self.pid = os.getpid()
+        self._stamp_second = -1
+        self._stamp = ""
 
     def __call__(self, handler: Any) -> None:
         request = handler.request
@@ -79,8 +146,19 @@ class RequestObserver:
         status = handler.get_status()
         route = getattr(handler, "route_name", None) or type(handler).__name__
         self.metrics.observe_request(route, request.method, status, seconds)
-        if self.logger is not None:
-            self.logger.info(self.format_line(handler, status, seconds))
+        if self.writer is not None:
+            self.writer.write(self.format_line(handler, status, seconds))
+
+    def flush(self) -> None:
+        """Write the access lines still waiting (at shutdown)."""
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _time(self, started: float, fmt: str) -> str:
+        second = int(started)
+        if second != self._stamp_second:  # formatted once a second, not per request
+            self._stamp_second, self._stamp = second, time.strftime(fmt, time.gmtime(second))
+        return self._stamp
 
     def format_line(self, handler: Any, status: int, seconds: float) -> str:
         """One access log line in the configured format."""
@@ -88,15 +166,16 @@ class RequestObserver:
         sent = getattr(handler, "bytes_sent", 0)
         request_id = getattr(handler, "request_id", "-")
         agent = request.headers.get("User-Agent", "")
+        started = request._start_time
         if self.log_format == "json":
             return json.dumps({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request._start_time))
-                + f".{int(request._start_time % 1 * 1000):03d}Z",
+                "time": self._time(started, "%Y-%m-%dT%H:%M:%S")
+                + f".{int(started % 1 * 1000):03d}Z",
                 "request_id": request_id, "method": request.method, "path": request.uri,
                 "status": status, "bytes": sent, "duration_ms": round(seconds * 1000, 3),
                 "client": request.remote_ip, "user_agent": agent, "pid": self.pid,
             }, ensure_ascii=False, separators=(",", ":"))
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(request._start_time))
+        stamp = self._time(started, "%d/%b/%Y:%H:%M:%S +0000")
         referer = request.headers.get("Referer", "-")
         line = f"{request.method} {request.uri} {request.version}"
         return (f'{request.remote_ip} - - [{stamp}] "{_quote(line)}" {status} {sent} '

@@ -325,6 +325,10 @@ class Settings:
     access_log: str = setting("combined", "access log on stderr: combined (nginx/Apache format plus "
                               "seconds and request id), json (one object per line) or off",
                               choice("off", "combined", "json"), "process", "FORMAT")
+    access_log_flush: float = setting(0.1, "seconds an access log line may wait to be written "
+                                      "with others (one write per batch, not per request; lines "
+                                      "still waiting are lost on SIGKILL); 0 writes every line "
+                                      "at once", parse_seconds, "process", "SECONDS")
     metrics: bool = setting(True, "record request metrics (/metrics, /api/stats, the dashboard)",
                             parse_bool, "process")
     stats_interval: float = setting(1.0, "seconds between two updates of /api/stats/stream",

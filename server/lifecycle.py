@@ -145,6 +145,8 @@ class ServerRuntime:
             if self.worker is not None and cluster_dir:
                 cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
             app = make_app(s, self.services, self.state, self.metrics, cluster)
+            # the access lines still waiting are written once the server has stopped serving
+            self._stack.callback(app.settings["log_function"].flush)
             app.settings.update(cookie_settings(s))
             self.http = make_http_server(app, s)
             self.http.add_sockets(http_sockets)

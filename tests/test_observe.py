@@ -1,9 +1,13 @@
 """Metrics, /api/stats and its stream, request ids, access log lines and trusted proxies."""
 import asyncio
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -181,3 +185,49 @@ def test_access_log_off_and_metrics_off(live_server_factory):
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     assert "trace-off" not in server.stderr
+
+
+def test_access_lines_waiting_for_their_batch_are_written_at_shutdown(live_server_factory):
+    # a 30 s batch interval: only the shutdown flush can have written these lines
+    server = live_server_factory("--access-log", "combined", "--access-log-flush", "30")
+    for i in range(3):
+        _get(server.url + f"/api/hello/batch{i}", {"X-Request-ID": f"trace-batch-{i}"})
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert all(f"trace-batch-{i}" in server.stderr for i in range(3)), server.stderr[-2000:]
+
+
+WRITER = """
+import asyncio, sys
+from server.accesslog import AccessLogWriter
+async def main(tag):
+    writer = AccessLogWriter(0.01)
+    for i in range(20000):
+        writer.write(f"{tag} {i:05d} " + "x" * (97 + i % 200) + " end")
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    writer.flush()
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_batched_lines_of_several_processes_sharing_a_pipe_stay_whole():
+    read_end, write_end = os.pipe()
+    root = Path(__file__).resolve().parent.parent
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, tag], cwd=root, stderr=write_end)
+               for tag in "ABCD"]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    assert [w.wait(timeout=60) for w in writers] == [0, 0, 0, 0]
+    lines = data.decode().splitlines()
+    assert len(lines) == 80000
+    pattern = re.compile(r"([ABCD]) (\d{5}) x+ end")
+    seen = {tag: [] for tag in "ABCD"}
+    for line in lines:
+        match = pattern.fullmatch(line)
+        assert match, f"a line was cut or interleaved: {line[:200]!r}"
+        tag, number = match.groups()
+        assert len(line) == 8 + 97 + int(number) % 200 + 4
+        seen[tag].append(int(number))
+    assert all(numbers == list(range(20000)) for numbers in seen.values())  # none lost, in order
