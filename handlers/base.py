@@ -15,6 +15,7 @@ from tornado import httputil
 from server import __version__
 from server.accesslog import client_address
 from server.config import Settings
+from server.headers import make_headers, normalized
 from server.responses import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 from server.services import Services
 from server.state import ServerState
@@ -27,6 +28,13 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 _date = [0, ""]
+
+
+# the default headers as HTTPHeaders stores them (names normalised, values checked once here)
+_SECURITY_HEADERS = tuple((normalized(name), value) for name, value in SECURITY_HEADERS)
+_REQUEST_ID_HEADER = normalized("X-Request-ID")
+for _name, _value in (*_SECURITY_HEADERS, ("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)):
+    tornado.web.RequestHandler._convert_header_value(None, _value)  # raises on a bad value
 
 
 def http_date() -> str:
@@ -102,25 +110,22 @@ class BaseHandler(tornado.web.RequestHandler):
         """Reset the response (what RequestHandler.clear does), on the per-request hot path.
 
         Tornado's clear() formats the Date header anew and validates every default header on
-        each request; here the date is formatted once a second and the constant headers, checked
-        once at import, go straight in. No Server header: a version only helps someone matching
-        it against advisories.
+        each request; here the date is formatted once a second and the default headers (the
+        constant ones checked once at import) go straight into the HTTPHeaders' own dict, before
+        the set_default_headers() hook runs. No Server header: a version only helps someone
+        matching it against advisories.
         """
-        headers = self._headers = httputil.HTTPHeaders()
-        headers["Content-Type"] = "text/html; charset=UTF-8"
-        headers["Date"] = http_date()
+        as_list = {"Content-Type": ["text/html; charset=UTF-8"], "Date": [http_date()]}
+        for name, value in _SECURITY_HEADERS:
+            as_list[name] = [value]
+        if self.request.protocol == "https":
+            as_list["Strict-Transport-Security"] = [STRICT_TRANSPORT_SECURITY]
+        as_list[_REQUEST_ID_HEADER] = [self.request_id]  # validated: REQUEST_ID or hex
+        self._headers = make_headers(as_list)
         self.set_default_headers()
         self._write_buffer: list[bytes] = []
         self._status_code = 200
         self._reason = "OK"
-
-    def set_default_headers(self) -> None:
-        headers = self._headers
-        for name, value in SECURITY_HEADERS:
-            headers[name] = value
-        if self.request.protocol == "https":
-            headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
-        headers["X-Request-ID"] = self.request_id  # validated: REQUEST_ID or hex
 
     def finish(self, chunk: Any = None) -> Any:
         if self.server_state.draining and not self._headers_written:

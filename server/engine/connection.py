@@ -16,6 +16,7 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
+from ..headers import FAST_HEADERS, _new_headers, make_headers
 from ..responses import error_response, too_large_message
 from .stream import DetachedStream
 
@@ -42,33 +43,8 @@ NAME_CACHE_SIZE = 512
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-def _headers_layout_known() -> bool:
-    # HTTPHeaders keeps {name: [values]} in _as_list plus a lazily filled _combined_cache
-    # (Tornado 6.6); building that dict directly skips a regex per header that llhttp has
-    # already done. Any other layout falls back to the public add().
-    probe = httputil.HTTPHeaders()
-    probe.add("A", "1")
-    return set(vars(probe)) == {"_as_list", "_combined_cache"} and probe._as_list == {"A": ["1"]}
-
-
-FAST_HEADERS = _headers_layout_known()
-_new_headers = httputil.HTTPHeaders.__new__
 RequestStartLine = httputil.RequestStartLine
 _new_tuple = tuple.__new__
-
-
-def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
-    """An HTTPHeaders holding these (already validated, normalised) header lines."""
-    if FAST_HEADERS:
-        headers = _new_headers(httputil.HTTPHeaders)
-        headers._as_list = as_list
-        headers._combined_cache = {}
-        return headers
-    headers = httputil.HTTPHeaders()
-    for name, values in as_list.items():
-        for value in values:
-            headers.add(name, value)
-    return headers
 
 
 class _Reject(Exception):
@@ -306,7 +282,7 @@ class Exchange(httputil.HTTPConnection):
         http11 = request[2] == "HTTP/1.1"
         code = start_line[1]
         self.started = True
-        # {name: [values]}: Tornado 6.6's own dict (read directly, see make_headers) or a copy
+        # {name: [values]}: Tornado 6.6's own dict (read directly, see server.headers) or a copy
         as_list = headers._as_list if FAST_HEADERS else {n: headers.get_list(n) for n in headers}
         length = as_list.get("Content-Length")
         if method == "HEAD" or code == 304:
