@@ -165,7 +165,9 @@ class RequestObserver:
         request = handler.request
         sent = getattr(handler, "bytes_sent", 0)
         request_id = getattr(handler, "request_id", "-")
-        agent = request.headers.get("User-Agent", "")
+        headers = request.headers
+        # get_list: no KeyError raised and caught (inside Mapping.get) for an absent header
+        agent = ",".join(headers.get_list("User-Agent"))
         started = request._start_time
         if self.log_format == "json":
             return json.dumps({
@@ -176,7 +178,7 @@ class RequestObserver:
                 "client": request.remote_ip, "user_agent": agent, "pid": self.pid,
             }, ensure_ascii=False, separators=(",", ":"))
         stamp = self._time(started, "%d/%b/%Y:%H:%M:%S +0000")
-        referer = request.headers.get("Referer", "-")
+        referer = ",".join(headers.get_list("Referer")) or "-"
         line = f"{request.method} {request.uri} {request.version}"
         return (f'{request.remote_ip} - - [{stamp}] "{_quote(line)}" {status} {sent} '
                 f'"{_quote(referer)}" "{_quote(agent) or "-"}" {seconds:.3f} {request_id}')
