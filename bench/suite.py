@@ -317,8 +317,8 @@ def run_app_cpu(env: Env, section: dict) -> dict:
         "The in-process rows come from `python -m bench.app_cpu`: one process builds the bare "
         "hello `Application` and the full application twice (metrics on, `--no-metrics`) and "
         f"feeds each {a.app_requests:,} `GET`s per round through `Application.start_request` "
-        "on an in-memory connection, alternating them. It measures the application's own CPU cost free of the "
-        "loopback and scheduler effects that move closed-loop runs of identical servers by "
+        "on an in-memory connection, alternating them. It measures the application's own CPU "
+        "cost free of the loopback and scheduler effects that move closed-loop runs of identical servers by "
         "several per cent (two identical server processes read 0.93-1.11x of each other in 4 s "
         "runs).")
     return samples
