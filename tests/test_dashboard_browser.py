@@ -1,4 +1,5 @@
 """The live dashboard in headless Chromium while `python -m bench` loads the server."""
+import signal
 import subprocess
 import time
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 from conftest import PROJECT_ROOT
+from dbservers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -39,3 +41,22 @@ def test_dashboard_charts_move_under_load(page, live_server, artifacts_dir):
         page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
     finally:
         assert load.wait(30) == 0
+
+
+def test_dashboard_reconnects_after_the_server_restarts(page, live_server_factory, tmp_path):
+    port = str(free_port())
+    storage = ["--data-dir", str(tmp_path / "data"), "--port", port]
+    first = live_server_factory(*storage)
+    page.goto(first.url + "/dashboard")
+    page.wait_for_selector("#live-status[data-state=live]", timeout=5000)
+    assert page.inner_text("#stat-pid") == str(first.proc.pid)
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    page.wait_for_selector("#live-status[data-state=offline]", timeout=5000)
+    second = live_server_factory(*storage)
+    page.wait_for_selector("#live-status[data-state=live]", timeout=10000)
+    # the numbers now come from the new process, without a reload
+    deadline = time.monotonic() + 5
+    while page.inner_text("#stat-pid") != str(second.proc.pid):
+        assert time.monotonic() < deadline, "the dashboard never showed the restarted server's pid"
+        page.wait_for_timeout(100)

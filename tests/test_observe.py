@@ -231,3 +231,15 @@ def test_batched_lines_of_several_processes_sharing_a_pipe_stay_whole():
         assert len(line) == 8 + 97 + int(number) % 200 + 4
         seen[tag].append(int(number))
     assert all(numbers == list(range(20000)) for numbers in seen.values())  # none lost, in order
+
+
+def test_redis_cache_calls_are_timed(live_server_factory, redis_url, tmp_path):
+    server = live_server_factory("--data-dir", str(tmp_path / "data"), "--cache-url", redis_url,
+                                 "--access-log", "off")
+    for _ in range(3):
+        assert _get(server.url + "/api/messages") == 200  # a miss and a set, then hits
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    timed = samples(text, "cache_call_duration_seconds_count")
+    assert timed[(("operation", "get"), ("result", "ok"))] >= 3
+    assert sum(count for labels, count in timed.items() if ("result", "ok") in labels) >= 4
