@@ -17,6 +17,8 @@ import struct
 import subprocess
 import time
 
+from dataclasses import dataclass
+
 import pytest
 
 from test_faults_soak import gauges, http_call, in_executor, open_fds
@@ -106,6 +108,35 @@ async def settle_tasks(port: int, target: float, seconds: float = 8.0) -> float:
 
 # --- PostgreSQL stopped and restarted ---
 
+@dataclass
+class Counts:
+    """What a fault must not leak: the server's open fds, HTTP connection gauges, asyncio tasks."""
+
+    fds: int
+    conns: tuple[float, float]
+    tasks: float
+
+
+async def counts_now(pid: int, port: int) -> Counts:
+    return Counts(open_fds(pid), await connection_gauges(port), (await gauges(port))["asyncio_tasks"])
+
+
+async def counts_settled(pid: int, port: int, before: Counts) -> Counts:
+    """The counts once back to `before` (within the slack), or after a few seconds of waiting."""
+    fds = await settle_fds(pid, before.fds + FD_SLACK)
+    conns = await connection_gauges(port)
+    tasks = await settle_tasks(port, before.tasks + TASK_SLACK)
+    return Counts(fds, conns, tasks)
+
+
+def assert_back_to(before: Counts, after: Counts, reliability) -> None:
+    """fds, connections (only the probe itself: nothing left open or busy) and tasks as before."""
+    assert after.fds <= before.fds + FD_SLACK, f"fds {before.fds} before, {after.fds} after"
+    assert after.conns == before.conns
+    reliability.figure(f"asyncio tasks {before.tasks:.0f} → {after.tasks:.0f}")
+    assert after.tasks <= before.tasks + TASK_SLACK, f"asyncio tasks {before.tasks:.0f} → {after.tasks:.0f}"
+
+
 def postgres_connections(server, database: str) -> int:
     """Connections PostgreSQL has open to one database (pg_stat_activity)."""
     psql = str(server.bin / "psql") if (server.bin / "psql").exists() else "psql"
@@ -159,10 +190,8 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
                                  "--access-log", "off", "--log-level", "error")
     pid, port = server.proc.pid, server.port
     await warm_up(port)
-    fds_before = open_fds(pid)
     pg_before = await in_executor(postgres_connections, postgres_server, database)
-    conns_before = await connection_gauges(port)
-    tasks_before = (await gauges(port))["asyncio_tasks"]
+    before = await counts_now(pid, port)
 
     traffic = Traffic(port, "outage")
     try:
@@ -186,10 +215,8 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     answers = await traffic.stop()
     after = await burst(port, guestbook_mix("after", 200))
     after_ok = sum(status_of(a) in (200, 201) for a in after)
-    fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     pg_after = await in_executor(postgres_connections, postgres_server, database)
-    conns_after = await connection_gauges(port)
-    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
+    after_counts = await counts_settled(pid, port, before)
 
     statuses = [status_of(a) for _, a in answers]
     bad = [(path, s) for (path, a), s in zip(answers, statuses) if s not in (200, 201, 503)]
@@ -198,21 +225,18 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     reliability.figure(
         f"{len(answers):,} requests across a {outage_s:.1f} s outage: {statuses.count(200) + statuses.count(201):,} "
         f"× 200/201, {len(refused):,} × 503, {len(bad)} other; writes again {recovery_s:.1f} s after "
-        f"the restart, then {after_ok}/{len(after)} OK; fds {fds_before} → {fds_during} during → "
-        f"{fds_after}; PostgreSQL connections {pg_before} → {pg_after}; HTTP connections "
-        f"{conns_before[0]:.0f} → {conns_after[0]:.0f}")
+        f"the restart, then {after_ok}/{len(after)} OK; fds {before.fds} → {fds_during} during → "
+        f"{after_counts.fds}; PostgreSQL connections {pg_before} → {pg_after}; HTTP connections "
+        f"{before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
     assert not bad, f"not 200/201/503 around the outage: {bad[:10]}"
     assert len(refused) > 20 and api_errors
     assert all(e["status"] == 503 and "database is unavailable" in e["message"] for e in api_errors)
     assert all(int(a.headers["retry-after"]) >= 1 for _, a in refused)
     assert ready.status == 503 and ready.json()["checks"]["database"] == "unavailable"
     assert after_ok == len(after)
-    assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
-    assert fds_during <= fds_before + 25, f"fds {fds_during} during the outage"
+    assert fds_during <= before.fds + 25, f"fds {fds_during} during the outage"
     assert pg_after <= max(pg_before, 1) + 2, f"PostgreSQL connections {pg_before} → {pg_after}"
-    assert conns_after == conns_before  # only the probe itself: nothing left open or busy
-    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
-    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
+    assert_back_to(before, after_counts, reliability)
 
 
 def postgres_processes(server) -> list[int]:
@@ -245,10 +269,8 @@ async def test_frozen_postgres_is_503_within_db_timeout_then_recovers_without_le
                                  str(DB_TIMEOUT), "--access-log", "off", "--log-level", "error")
     pid, port = server.proc.pid, server.port
     await warm_up(port)
-    fds_before = open_fds(pid)
     pg_before = await in_executor(postgres_connections, postgres_server, database)
-    conns_before = await connection_gauges(port)
-    tasks_before = (await gauges(port))["asyncio_tasks"]
+    before = await counts_now(pid, port)
 
     frozen = postgres_processes(postgres_server)
     timings = []
@@ -279,29 +301,24 @@ async def test_frozen_postgres_is_503_within_db_timeout_then_recovers_without_le
     recovery_s = time.monotonic() - thawed
     after = await burst(port, guestbook_mix("after", 200))
     after_ok = sum(status_of(a) in (200, 201) for a in after)
-    fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     pg_after = await in_executor(postgres_connections, postgres_server, database)
-    conns_after = await connection_gauges(port)
-    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
+    after_counts = await counts_settled(pid, port, before)
 
     statuses = [status_of(a) for _, a in answers]
     reliability.figure(
         f"{len(answers)} concurrent requests to a frozen database: statuses "
         f"{sorted(set(map(str, statuses)))}, slowest answer {max(timings):.1f} s (--db-timeout "
         f"{DB_TIMEOUT} s); writes again {recovery_s:.1f} s after SIGCONT, then {after_ok}/{len(after)} "
-        f"OK; fds {fds_before} → {fds_during} during → {fds_after}; PostgreSQL connections "
-        f"{pg_before} → {pg_after}; HTTP connections {conns_before[0]:.0f} → {conns_after[0]:.0f}")
+        f"OK; fds {before.fds} → {fds_during} during → {after_counts.fds}; PostgreSQL connections "
+        f"{pg_before} → {pg_after}; HTTP connections {before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
     assert set(statuses) == {503}, statuses
     assert all(a.json()["error"]["message"].startswith("the database is unavailable")
                for path, a in answers if path.startswith("/api/"))
     # a request may wait for a pooled connection, connect, then run its query: each bounded
     assert max(timings) < 3 * DB_TIMEOUT + 3, f"slowest 503 after {max(timings):.1f} s"
     assert after_ok == len(after)
-    assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
     assert pg_after <= max(pg_before, 1) + 2, f"PostgreSQL connections {pg_before} → {pg_after}"
-    assert conns_after == conns_before
-    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
-    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
+    assert_back_to(before, after_counts, reliability)
 
 
 # --- Redis stopped and restarted ---
@@ -329,10 +346,8 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
                                  "--post-rate", "off", "--access-log", "off", "--log-level", "error")
     pid, port = server.proc.pid, server.port
     await warm_up(port)
-    fds_before = open_fds(pid)
     redis_before = await in_executor(redis_clients, redis_server)
-    conns_before = await connection_gauges(port)
-    tasks_before = (await gauges(port))["asyncio_tasks"]
+    before = await counts_now(pid, port)
 
     await in_executor(redis_server.stop)
     try:
@@ -351,23 +366,18 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
     recovery_s = time.monotonic() - restarted
     after = await burst(port, guestbook_mix("after", 200))
     after_ok = sum(getattr(a, "status", 0) in (200, 201) for a in after)
-    fds_after = await settle_fds(pid, fds_before + FD_SLACK)
     redis_after = await in_executor(redis_clients, redis_server)
-    conns_after = await connection_gauges(port)
-    tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
+    after_counts = await counts_settled(pid, port, before)
     reliability.figure(
         f"{len(during)} requests with Redis down: {len(during) - len(bad)} answered 200/201 from the "
         f"database, {len(bad)} other; cache ok {recovery_s:.1f} s after Redis restarted; then "
-        f"{after_ok}/{len(after)} OK; fds {fds_before} → {fds_during} during → {fds_after}; "
+        f"{after_ok}/{len(after)} OK; fds {before.fds} → {fds_during} during → {after_counts.fds}; "
         f"Redis clients {redis_before} → {redis_after}")
     assert not bad, f"errors while Redis was down: {sorted(set(map(str, bad)))}"
     assert ready["status"] == "ready" and ready["checks"]["cache"].startswith("unavailable")
     assert after_ok == len(after)
-    assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
     assert redis_after <= redis_before + 1, f"Redis clients {redis_before} → {redis_after}"
-    assert conns_after == conns_before
-    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
-    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
+    assert_back_to(before, after_counts, reliability)
 
 
 # --- an upstream of /api/fetch that hangs, and one that resets ---
@@ -432,9 +442,7 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         good = {"urls": [upstream + "/page", upstream + "/plain"]}
         warm = await burst(port, [("POST", "/api/fetch", good)] * 40, concurrency=10)
         assert all(a.status == 200 and all(r["ok"] for r in a.json()["results"]) for a in warm)
-        fds_before = open_fds(pid)
-        conns_before = await connection_gauges(port)
-        tasks_before = (await gauges(port))["asyncio_tasks"]
+        before = await counts_now(pid, port)
 
         started = time.monotonic()
         bad_calls = [("POST", "/api/fetch", {"urls": [hang_url, reset_url, upstream + "/plain"]})] * 30
@@ -454,9 +462,7 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
                          "the server closed every hanging upstream connection")
         after = await burst(port, [("POST", "/api/fetch", good)] * 40, concurrency=10)
         after_ok = sum(a.status == 200 and all(r["ok"] for r in a.json()["results"]) for a in after)
-        fds_after = await settle_fds(pid, fds_before + FD_SLACK)
-        conns_after = await connection_gauges(port)
-        tasks_after = await settle_tasks(port, tasks_before + TASK_SLACK)
+        after_counts = await counts_settled(pid, port, before)
     finally:
         await faulty.close()
     reliability.figure(
@@ -464,8 +470,8 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         f"{sorted(set(map(str, statuses)))}, hanging → {sorted(hang_errors)} after at most "
         f"{hang_ms:.0f} ms (--outbound-timeout {OUTBOUND_TIMEOUT:.0f} s), resetting → "
         f"{sorted(reset_errors)}; {faulty.hung_closed_by_peer}/{fds_during_peak} hung upstream "
-        f"sockets closed by the server; then {after_ok}/{len(after)} OK; fds {fds_before} → "
-        f"{fds_after}; HTTP connections {conns_before[0]:.0f} → {conns_after[0]:.0f}")
+        f"sockets closed by the server; then {after_ok}/{len(after)} OK; fds {before.fds} → "
+        f"{after_counts.fds}; HTTP connections {before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
     reliability.figure(f"10 fetches of only the hanging upstream: {sorted({status_of(a) for a in only_hang})}; "
                        f"10 of only the resetting one: {sorted({status_of(a) for a in only_reset})}")
     assert statuses == [200] * len(bad_calls)
@@ -478,10 +484,7 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
     assert all(r[2]["ok"] for r in results), "a good URL failed next to the bad ones"
     assert hang_ms < OUTBOUND_TIMEOUT * 1000 + 1500
     assert after_ok == len(after)
-    assert fds_after <= fds_before + FD_SLACK, f"fds {fds_before} before, {fds_after} after"
-    assert conns_after == conns_before
-    reliability.figure(f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}")
-    assert tasks_after <= tasks_before + TASK_SLACK, f"asyncio tasks {tasks_before:.0f} → {tasks_after:.0f}"
+    assert_back_to(before, after_counts, reliability)
 
 
 async def _true_when(value: bool) -> bool:
