@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -209,9 +210,11 @@ def api(http_client, base_url):
     return Api(http_client, base_url)
 
 
-async def raw_http(port, data, timeout=5.0, host="127.0.0.1"):
-    """Send raw bytes to a port and return everything received until the server closes (or timeout)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def raw_http(port, data, timeout=5.0, host="127.0.0.1", ssl_context=None):
+    """Send raw bytes to a port (over TLS with ssl_context) and return everything received until
+    the server closes (or timeout)."""
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ssl_context, server_hostname=host if ssl_context else None)
     writer.write(data)
     await writer.drain()
     chunks = []
@@ -221,7 +224,7 @@ async def raw_http(port, data, timeout=5.0, host="127.0.0.1"):
             if not chunk:
                 break
             chunks.append(chunk)
-    except (asyncio.TimeoutError, ConnectionResetError):
+    except (asyncio.TimeoutError, ConnectionResetError, ssl.SSLError):
         pass
     finally:
         writer.close()

@@ -48,21 +48,7 @@ def client_context(certificate):
 
 async def raw_https(port, context, data, timeout=5.0):
     """Send raw bytes over TLS and return what comes back until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context,
-                                                   server_hostname="127.0.0.1")
-    writer.write(data)
-    chunks = []
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except (asyncio.TimeoutError, ConnectionResetError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()
-    return b"".join(chunks)
+    return await raw_http(port, data, timeout, ssl_context=context)
 
 
 async def fetch(url, context, **kwargs):
