@@ -10,7 +10,6 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,15 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"Serving on (http://\S+?)/? ")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_instance(port: int, data_dir: Path) -> subprocess.Popen:

@@ -13,13 +13,14 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .ports import free_port, wait_port
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -49,25 +50,6 @@ MAX_ATTEMPTS = 6  # per round, when other load disturbs it
 MIN_CLIENT_CPU = 90.0  # percent of its core a closed-loop client uses on an undisturbed machine
 
 
-def free_port() -> int:
-    """A currently unused loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    """Block until something accepts on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
 class Nginx:
     """A private nginx master + 1 worker on a loopback port, stopped on exit."""
 
@@ -86,7 +68,7 @@ class Nginx:
         )
         try:
             wait_port(self.port)
-        except RuntimeError:
+        except TimeoutError:
             self.stop()
             raise
         self.url = f"http://127.0.0.1:{self.port}/"

@@ -22,6 +22,7 @@ import tornado.testing
 import tornado.web
 from tornado.netutil import bind_sockets
 
+from bench.ports import free_port
 from dbservers import PostgresServer, RedisServer, postgres_bin_dir
 from reliability import (pytest_addoption, pytest_configure, pytest_sessionfinish,  # noqa: F401
                          record_report, reliability)
@@ -424,11 +425,7 @@ def bench_project_server(tmp_path):
 @pytest.fixture
 def bench_free_port():
     """A loopback port with nothing listening on it (connections are refused)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
+    return free_port()
 
 
 @pytest.fixture

@@ -7,27 +7,9 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+from bench.ports import free_port, wait_port
 
 
 def postgres_bin_dir() -> Path | None:
@@ -79,7 +61,7 @@ class PostgresServer:
                    f"-c fsync=on -c max_connections=200")
         self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
                    "-l", str(self.base / "server.log"), "-w", "-t", "60", "start"], timeout=90)
-        wait_for_port(self.port, 30)
+        wait_port(self.port, 30)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (fast: disconnect clients, clean shutdown)."""
@@ -116,7 +98,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.base), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, 20)
+        wait_port(self.port, 20)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

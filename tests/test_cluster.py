@@ -16,7 +16,7 @@ import pytest
 import tornado.websocket
 
 from conftest import PROJECT_ROOT, BenchRun, LiveServer, require
-from dbservers import free_port, wait_for_port
+from bench.ports import free_port, wait_port
 
 NGINX_CONF = PROJECT_ROOT / "docs" / "deploy" / "nginx.conf"
 
@@ -36,8 +36,16 @@ class Cluster:
                        "--shutdown-timeout", "10", "--cookie-secret-file",
                        str(self.secrets / "cookie_secret")]
         self.ports = [free_port() for _ in range(3)]
-        self.instances = [self.start_instance(i) for i in range(3)]
+        self.instances, self.nginx = [], None
         self.base = Path(tempfile.mkdtemp(prefix="hps-nginx-"))
+        try:
+            self.instances.extend(self.start_instance(i) for i in range(3))
+            self.start_nginx()
+        except BaseException:
+            self.close()  # what did start is stopped, its pipes closed, before the error is shown
+            raise
+
+    def start_nginx(self):
         self.base.chmod(0o755)
         self.port = free_port()
         site = NGINX_CONF.read_text()
@@ -63,11 +71,16 @@ http {{
 """)
         self.nginx = subprocess.Popen([nginx_binary(), "-c", str(self.base / "nginx.conf"),
                                        "-g", "daemon off;"], stderr=subprocess.PIPE)
-        wait_for_port(self.port, 10)
+        wait_port(self.port, 10)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start_instance(self, index):
-        return LiveServer("--port", str(self.ports[index]), *self.common).wait_ready()
+        instance = LiveServer("--port", str(self.ports[index]), *self.common)
+        try:
+            return instance.wait_ready()
+        except BaseException:
+            instance.stop()
+            raise
 
     def restart_instance(self, index):
         old = self.instances[index]
@@ -77,8 +90,9 @@ http {{
         self.instances[index] = self.start_instance(index)
 
     def close(self):
-        self.nginx.terminate()
-        self.nginx.communicate(timeout=10)
+        if self.nginx is not None:
+            self.nginx.terminate()
+            self.nginx.communicate(timeout=10)
         for instance in self.instances:
             instance.stop()
         shutil.rmtree(self.base, ignore_errors=True)

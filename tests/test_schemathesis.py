@@ -6,7 +6,6 @@ requests, valid and invalid ones, and every answer must conform to /api/openapi.
 documented status code, the documented content type, headers and body schema.
 """
 import re
-import socket
 
 import hypothesis
 import pytest
@@ -21,6 +20,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
+from bench.ports import free_port
+
 pytestmark = pytest.mark.hardening
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -34,15 +35,6 @@ SERVER_ARGS = ["--log-level", "warning", "--access-log", "off", "--slow-max-ms",
                "--compute-max-n", "100000", "--compute-workers", "1", "--post-rate", "off",
                "--admin-token", ADMIN_TOKEN, "--outbound-timeout", "2"]
 HTTP_URL = re.compile(r"^\s*https?:", re.IGNORECASE)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (outbound fetches to it are refused at once)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def keep_fetches_local(case, port: int) -> None:
@@ -83,7 +75,7 @@ def test_api_conforms_to_its_openapi_document(engine, live_server_factory, relia
                          area="bad input")
     server = live_server_factory(*SERVER_ARGS, "--engine", engine)
     schema = schemathesis.openapi.from_url(server.url + "/api/openapi.json")
-    port = closed_port()
+    port = free_port()  # nothing listens: outbound fetches to it are refused at once
     counter = [0]
     failures, operations = [], []
     with requests.Session() as session:
