@@ -354,6 +354,10 @@ class Settings:
                                      "go first)", parse_positive_int, "data", "N")
     cache_timeout: float = setting(1.0, "seconds one cache call may take before the database is "
                                    "used instead", parse_positive_seconds, "data", "SECONDS")
+    cache_pool_size: int = setting(20, "Redis connections one process opens at most for cache "
+                                   "calls (and as many for publishing live events); a call that "
+                                   "finds none free within --cache-timeout uses the database",
+                                   parse_positive_int, "data", "N")
 
     # guestbook
     admin_token: str | None = setting(None, "token that allows DELETE /api/messages/<id> "

@@ -114,3 +114,14 @@ class RedisServer:
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def clients(self) -> int:
+        """Connections open to this Redis (INFO clients), not counting the one asking."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"INFO clients\r\n")
+            data = b""
+            while b"connected_clients:" not in data or not data.endswith(b"\r\n"):
+                data += sock.recv(65536)
+        line = next(line for line in data.decode().splitlines()
+                    if line.startswith("connected_clients:"))
+        return int(line.split(":")[1]) - 1

@@ -8,9 +8,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import tornado.httpclient
 import tornado.websocket
 
-from conftest import json_of
+from conftest import Api, json_of
 
 
 def post_message(base_url, i):
@@ -52,13 +53,15 @@ def test_writes_that_returned_201_survive_sigkill(live_server_factory, tmp_path,
 
 
 pytestmark_async = pytest.mark.gen_test(timeout=90)
+REDIS_POOL = 3  # --cache-pool-size of the Redis tests here
 
 
 @pytest.fixture
 def server_settings(request, server_settings):
     """PostgreSQL for the database-outage tests, SQLite + Redis for the cache-outage tests."""
     if "redis" in request.node.name:
-        return server_settings.replace(cache_url=request.getfixturevalue("redis_url"))
+        return server_settings.replace(cache_url=request.getfixturevalue("redis_url"),
+                                       cache_pool_size=REDIS_POOL, post_rate=None)
     if "database" in request.node.name:
         return server_settings.replace(db_url=request.getfixturevalue("postgres_url"))
     return server_settings
@@ -131,3 +134,21 @@ async def test_redis_outage_answers_from_the_database_and_recovers(api, base_url
     conn.close()
     page = json_of(await api.get("/api/messages"))
     assert page["messages"][0]["text"] == "after redis is back"
+
+
+@pytestmark_async
+async def test_redis_connections_stay_within_cache_pool_size_under_a_burst(api, base_url, redis_server):
+    created = json_of(await api.post("/api/messages", {"name": "A", "text": "cached"}))
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=300)
+    burst = Api(client, base_url)
+    try:  # 300 at once: reads of the cached list and count, one message, and posts (publishing)
+        answers = await asyncio.gather(
+            *(burst.get("/api/messages") for _ in range(100)),
+            *(burst.get(f"/api/messages/{created['id']}") for _ in range(100)),
+            *(burst.post("/api/messages", {"name": "B", "text": f"burst {i}"}) for i in range(100)))
+    finally:
+        client.close()
+    assert sorted({a.code for a in answers}) == [200, 201]
+    # at most the cache's pool, the publishing pool and the live-event subscription
+    assert 1 <= await in_executor(redis_server.clients) <= 2 * REDIS_POOL + 1
+    assert json_of(await api.get("/api/messages"))["count"] == 101

@@ -56,13 +56,13 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
         stack.push_async_callback(_closing("outbound client", outbound.close))
 
         cache = open_cache(settings.cache_url, settings.cache_timeout, settings.cache_max_entries,
-                           metrics)
+                           metrics, settings.cache_pool_size)
         stack.push_async_callback(_closing(f"{cache.kind} cache", cache.close))
         db = Database(settings.database_url, settings.db_pool_size, settings.db_timeout, metrics)
         stack.push_async_callback(_closing("database", db.close))
         await db.open(wait=settings.db_startup_wait)
         redis_url = None if settings.cache_url.startswith("memory:") else settings.cache_url
-        events = EventBus(redis_url)
+        events = EventBus(redis_url, pool_size=settings.cache_pool_size)
         await events.start()
         stack.push_async_callback(_closing("live events", events.close))
 

@@ -99,19 +99,36 @@ class MemoryCache:
         self._expiry.clear()
 
 
+def redis_client(url: str, pool_size: int, wait: float | None, **options: Any) -> Any:
+    """A redis-py asyncio client that opens at most pool_size connections.
+
+    redis-py's default pool has no bound: a burst of ten thousand requests would open as many
+    connections to Redis. Here a call that finds every connection busy waits up to ``wait``
+    seconds for one, then fails with redis' ConnectionError ("No connection available.").
+    """
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=wait,
+                                                    health_check_interval=30, **options)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
 class RedisCache:
-    """Redis through redis-py's asyncio client; after a failure it stays away for a moment."""
+    """Redis through redis-py's asyncio client; after a failure it stays away for a moment.
+
+    A call that waits longer than ``timeout`` for one of the ``pool_size`` connections fails like
+    a slow Redis does: the database answers instead, and Redis is skipped for RETRY_AFTER.
+    """
 
     kind = "redis"
     RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so an outage costs no latency
 
-    def __init__(self, url: str, timeout: float, metrics: Any = None) -> None:
-        import redis.asyncio as aioredis
+    def __init__(self, url: str, timeout: float, metrics: Any = None, pool_size: int = 20) -> None:
         from redis.exceptions import RedisError
 
         self._errors = (RedisError, OSError, TimeoutError)
-        self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
+        self.client = redis_client(url, pool_size, timeout, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout)
         self._down_until = 0.0
         self.metrics = metrics
 
@@ -158,9 +175,9 @@ class RedisCache:
         await self.client.aclose()
 
 
-def open_cache(url: str, timeout: float, max_entries: int,
-               metrics: Any = None) -> MemoryCache | RedisCache:
+def open_cache(url: str, timeout: float, max_entries: int, metrics: Any = None,
+               pool_size: int = 20) -> MemoryCache | RedisCache:
     """The cache a --cache-url names: memory:// or redis://host:port/db (Redis calls are timed)."""
     if url.startswith("memory:"):
         return MemoryCache(max_entries)
-    return RedisCache(url, timeout, metrics)
+    return RedisCache(url, timeout, metrics, pool_size)

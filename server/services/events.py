@@ -7,7 +7,10 @@ import json
 import logging
 from typing import Any, Callable
 
+from .cache import redis_client
+
 log = logging.getLogger("server.events")
+PUBLISH_WAIT = 2.0  # seconds to connect to Redis or to wait for a free connection to publish
 
 Subscriber = Callable[[str], None]
 
@@ -20,16 +23,17 @@ class EventBus:
     event is delivered locally so at least this instance's pages stay live.
     """
 
-    def __init__(self, redis_url: str | None, channel: str = "tornado-hps:events") -> None:
+    def __init__(self, redis_url: str | None, channel: str = "tornado-hps:events",
+                 pool_size: int = 20) -> None:
         self.channel = channel
         self._subscribers: set[Subscriber] = set()
         self._redis: Any = None
         self._listener: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         if redis_url:
-            import redis.asyncio as aioredis
-            self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2,
-                                                  health_check_interval=30)
+            # pool_size connections for publishing, one more for the subscription's listener
+            self._redis = redis_client(redis_url, pool_size + 1, PUBLISH_WAIT,
+                                       socket_connect_timeout=PUBLISH_WAIT)
 
     @property
     def subscriber_count(self) -> int:
