@@ -8,23 +8,52 @@ of HTTPHeaders, ``make_headers`` falls back to the public ``add()``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from tornado import httputil
+
+_normalize = httputil._normalize_header  # lru-cached, the normalisation HTTPHeaders applies
 
 
 def _headers_layout_known() -> bool:
     probe = httputil.HTTPHeaders()
     probe.add("A", "1")
-    return set(vars(probe)) == {"_as_list", "_combined_cache"} and probe._as_list == {"A": ["1"]}
+    return (set(vars(probe)) == {"_as_list", "_combined_cache"} and probe._as_list == {"A": ["1"]}
+            and _normalize("x-rEQUEST-id") == "X-Request-Id")
 
 
 FAST_HEADERS = _headers_layout_known()
-_new_headers = httputil.HTTPHeaders.__new__
+_MISSING = object()
+
+
+class Headers(httputil.HTTPHeaders):
+    """HTTPHeaders whose get() answers for an absent name without an exception.
+
+    ``HTTPHeaders.get`` is ``Mapping.get``: ``self[name]`` raising KeyError, caught. Tornado asks
+    for absent headers on every request (Content-Type of a GET in ``_parse_body``,
+    If-None-Match in ``check_etag_header``) and the application does too (X-Request-ID); each
+    miss raised and caught an exception. Same answers, same caching of combined values.
+    """
+
+    def get(self, name: str, default: Any = None) -> Any:
+        header = _normalize(name)
+        combined = self._combined_cache
+        value = combined.get(header, _MISSING)
+        if value is _MISSING:
+            values = self._as_list.get(header)
+            if values is None:
+                return default
+            value = combined[header] = ",".join(values)
+        return value
+
+
+_new_headers = Headers.__new__
 
 
 def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
     """An HTTPHeaders holding these (already validated, normalised) header lines; takes the dict."""
     if FAST_HEADERS:
-        headers = _new_headers(httputil.HTTPHeaders)
+        headers = _new_headers(Headers)
         headers._as_list = as_list
         headers._combined_cache = {}
         return headers

@@ -16,7 +16,7 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from ..headers import FAST_HEADERS, _new_headers, make_headers
+from ..headers import FAST_HEADERS, Headers, _new_headers, make_headers
 from ..responses import error_response, too_large_message
 from .stream import DetachedStream
 
@@ -156,7 +156,7 @@ class ParserSink:
                 ex.length = int(length[0])  # llhttp allows digits only, and one value
         ex.start_line = _new_tuple(RequestStartLine, (method, url.decode("latin-1"), version))
         if FAST_HEADERS:
-            headers = ex.headers = _new_headers(httputil.HTTPHeaders)
+            headers = ex.headers = _new_headers(Headers)
             headers._as_list = as_list
             headers._combined_cache = {}
         else:
