@@ -372,7 +372,8 @@ async def test_redis_stop_start_degrades_then_recovers_without_leaks(live_server
     assert ready["status"] == "ready" and ready["checks"]["cache"].startswith("unavailable")
     assert after_ok == len(after)
     # how many the pools hold depends on how many calls overlapped; never more than the bound
-    assert redis_after <= REDIS_BOUND, f"Redis clients {redis_before} → {redis_after} (bound {REDIS_BOUND})"
+    assert redis_after <= REDIS_BOUND, \
+        f"Redis clients {redis_before} → {redis_after} (bound {REDIS_BOUND})"
     assert_back_to(before, after_counts, reliability)
 
 

@@ -137,7 +137,8 @@ async def test_redis_outage_answers_from_the_database_and_recovers(api, base_url
 
 
 @pytestmark_async
-async def test_redis_connections_stay_within_cache_pool_size_under_a_burst(api, base_url, redis_server):
+async def test_redis_connections_stay_within_cache_pool_size_under_a_burst(api, base_url,
+                                                                          redis_server):
     created = json_of(await api.post("/api/messages", {"name": "A", "text": "cached"}))
     client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=300)
     burst = Api(client, base_url)
