@@ -134,6 +134,26 @@ async def test_forwarded_headers_from_untrusted_peers_are_ignored(api):
     assert (first.code, spoofed.code) == (201, 429)
 
 
+
+BEHIND_TLS_PROXY = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.server_settings(trusted_proxies=("127.0.0.0/8",))
+@gen_test
+async def test_hsts_when_a_trusted_proxy_terminated_tls(api):
+    # nginx in docs/deploy sends both headers; HSTS then tells the browser to stay on HTTPS
+    for path in ("/", "/api/hello", "/api/no/such"):
+        response = await api.get(path, headers=BEHIND_TLS_PROXY)
+        assert response.headers["Strict-Transport-Security"].startswith("max-age="), path
+    plain = await api.get("/", headers={**BEHIND_TLS_PROXY, "X-Forwarded-Proto": "http"})
+    assert "Strict-Transport-Security" not in plain.headers
+
+
+@gen_test
+async def test_no_hsts_when_an_untrusted_peer_claims_tls(api):
+    response = await api.get("/", headers=BEHIND_TLS_PROXY)
+    assert response.code == 200 and "Strict-Transport-Security" not in response.headers
+
 def _get(url, headers=None):
     request = urllib.request.Request(url, headers=headers or {})
     try:
