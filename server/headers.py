@@ -12,7 +12,16 @@ from typing import Any
 
 from tornado import httputil
 
-_normalize = httputil._normalize_header  # lru-cached, the normalisation HTTPHeaders applies
+
+def normalized(name: str) -> str:
+    """A header name as HTTPHeaders stores it ("X-Request-ID" -> "X-Request-Id")."""
+    probe = httputil.HTTPHeaders()
+    probe[name] = ""
+    return next(iter(probe))
+
+
+# Tornado's lru-cached normalisation (private: the public probe above when it is gone)
+_normalize = getattr(httputil, "_normalize_header", normalized)
 
 
 def _headers_layout_known() -> bool:
@@ -62,10 +71,3 @@ def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
         for value in values:
             headers.add(name, value)
     return headers
-
-
-def normalized(name: str) -> str:
-    """A header name as HTTPHeaders stores it ("X-Request-ID" -> "X-Request-Id")."""
-    probe = httputil.HTTPHeaders()
-    probe[name] = ""
-    return next(iter(probe))
