@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import json_of
+from server.metrics import FOLD_BATCH, Metrics
 
 gen_test = pytest.mark.gen_test(timeout=30)
 
@@ -52,6 +53,36 @@ async def test_metrics_count_requests_by_route_method_and_status(api):
                   "process_cpu_seconds_total", "event_loop_lag_seconds_count"):
         assert samples(text, gauge), gauge
     assert list(samples(text, "http_connections_open").values())[0] >= 1
+
+
+def test_requests_recorded_in_batches_are_all_counted():
+    """Requests wait in a batch for the next fold; every read folds first, and a full batch folds
+    by itself, so nothing waits unbounded when nobody reads."""
+    metrics = Metrics()
+    n = 3 * FOLD_BATCH + 7
+    for i in range(n):
+        metrics.observe_request("r", "GET", 503 if i % 10 == 0 else 200, 0.002)
+    assert metrics.total_requests >= 3 * FOLD_BATCH  # folded without a read
+    route = metrics.summary()["routes"][0]
+    assert (route["route"], route["count"], route["errors"]) == ("r", n, len(range(0, n, 10)))
+    counts = samples(metrics.prometheus_text().decode(), "http_requests_total")
+    assert counts[(("method", "GET"), ("route", "r"), ("status", "200"))] == n - route["errors"]
+    assert counts[(("method", "GET"), ("route", "r"), ("status", "503"))] == route["errors"]
+    assert metrics.summary()["requests"]["total"] == n  # a second read counts nothing twice
+
+
+def test_the_lag_task_folds_waiting_requests():
+    async def main():
+        metrics = Metrics()
+        await metrics.start(interval=0.01)
+        for _ in range(5):
+            metrics.observe_request("r", "GET", 200, 0.001)
+        await asyncio.sleep(0.2)
+        folded = metrics.total_requests  # no read in between: the periodic task folded them
+        await metrics.close()
+        return folded
+
+    assert asyncio.run(main()) == 5
 
 
 @gen_test
