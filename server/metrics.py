@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import os
 import resource
 import time
@@ -10,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector,
-                               generate_latest)
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -107,6 +108,11 @@ class Metrics:
         self.cache_latency = Histogram("cache_call_duration_seconds", "cache call latency",
                                        ["operation", "result"], buckets=LATENCY_BUCKETS, registry=r)
         ProcessCollector(registry=r)
+        GCCollector(registry=r)  # collections and collected objects per generation
+        # how long each collection stopped the process, per generation (gc.callbacks, while started)
+        self.gc_pauses = [BucketCounts() for _ in range(3)]
+        self._gc_started = 0.0
+        r.register(_GCPauseCollector(self.gc_pauses))
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         r.register(_FunctionGauges(self._gauges))
         self._counters: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -202,8 +208,16 @@ class Metrics:
     # --- event-loop lag ---
 
     async def start(self, interval: float = 0.1) -> None:
-        """Start measuring event-loop lag."""
+        """Start measuring event-loop lag and garbage-collector pauses."""
         self._lag_task = asyncio.create_task(self._measure_lag(interval))
+        if self.enabled:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].add(time.perf_counter() - self._gc_started)
 
     async def _measure_lag(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -217,7 +231,9 @@ class Metrics:
                 self.fold()
 
     async def close(self) -> None:
-        """Stop the lag task."""
+        """Stop the lag task and the pause timing."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._lag_task is not None:
             self._lag_task.cancel()
             try:
@@ -318,6 +334,18 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_BOUNDS = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
+
+
+def _cumulative(counts: BucketCounts) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets (upper bound, count at or below it) of one BucketCounts."""
+    total, buckets = 0, []
+    for bound, count in zip(_BOUNDS, list(counts.counts)):
+        total += count
+        buckets.append((bound, total))
+    return buckets
+
+
 class _RequestCollector:
     """Prometheus families for the request counts and latencies kept by Metrics.observe_request."""
 
@@ -336,14 +364,27 @@ class _RequestCollector:
         yield requests
         latency = HistogramMetricFamily("http_request_duration_seconds",
                                         "HTTP request latency by route", labels=["route"])
-        bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
         for route, summary in list(self._routes.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip(bounds, list(summary.latency.counts)):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([route], buckets, summary.latency.sum)
+            latency.add_metric([route], _cumulative(summary.latency), summary.latency.sum)
         yield latency
+
+    def describe(self) -> list[Any]:
+        return []
+
+
+class _GCPauseCollector:
+    """python_gc_pause_seconds: a histogram per generation of the collector's pauses."""
+
+    def __init__(self, pauses: list[BucketCounts]) -> None:
+        self._pauses = pauses
+
+    def collect(self) -> Any:
+        family = HistogramMetricFamily("python_gc_pause_seconds",
+                                       "how long garbage collections stopped the process",
+                                       labels=["generation"])
+        for generation, pause in enumerate(self._pauses):
+            family.add_metric([str(generation)], _cumulative(pause), pause.sum)
+        yield family
 
     def describe(self) -> list[Any]:
         return []

@@ -1,5 +1,6 @@
 """Metrics, /api/stats and its stream, request ids, access log lines and trusted proxies."""
 import asyncio
+import gc
 import json
 import os
 import re
@@ -50,7 +51,8 @@ async def test_metrics_count_requests_by_route_method_and_status(api):
     assert latency[(("route", "api-hello-name"),)] >= 3
     for gauge in ("http_connections_open", "http_requests_in_flight", "tcp_connections_open",
                   "live_clients", "process_resident_memory_bytes", "process_open_fds",
-                  "process_cpu_seconds_total", "event_loop_lag_seconds_count"):
+                  "process_cpu_seconds_total", "event_loop_lag_seconds_count",
+                  "python_gc_collections_total", "python_gc_pause_seconds_count"):
         assert samples(text, gauge), gauge
     assert list(samples(text, "http_connections_open").values())[0] >= 1
 
@@ -69,6 +71,29 @@ def test_requests_recorded_in_batches_are_all_counted():
     assert counts[(("method", "GET"), ("route", "r"), ("status", "200"))] == n - route["errors"]
     assert counts[(("method", "GET"), ("route", "r"), ("status", "503"))] == route["errors"]
     assert metrics.summary()["requests"]["total"] == n  # a second read counts nothing twice
+
+
+def test_garbage_collection_pauses_are_timed_while_started():
+    def pauses(metrics):
+        text = metrics.prometheus_text().decode()
+        full = (("generation", "2"),)
+        return (samples(text, "python_gc_pause_seconds_count")[full],
+                samples(text, "python_gc_pause_seconds_sum")[full])
+
+    async def main():
+        metrics = Metrics()
+        await metrics.start()
+        garbage = [[i] for i in range(100_000)]  # something for a full collection to walk
+        before = pauses(metrics)
+        gc.collect()
+        during = pauses(metrics)
+        await metrics.close()
+        gc.collect()
+        return before, during, pauses(metrics), garbage
+
+    (count0, sum0), (count1, sum1), after_close, _ = asyncio.run(main())
+    assert count1 == count0 + 1 and sum1 > sum0  # that collection, and the time it took
+    assert after_close == (count1, sum1)  # not timed once closed
 
 
 def test_the_lag_task_folds_waiting_requests():
