@@ -241,12 +241,13 @@ def side_by_side(env: Env, pair: list[Server], path: str) -> list[dict]:
     before = [s.cpu_seconds() for s in pair]
     with ThreadPoolExecutor(len(pair)) as pool:
         runs = list(pool.map(lambda s: _run_or_error(env, s.url + path, a.connections // 2), pair))
-    out = []
-    for run, server, cpu0 in zip(runs, pair, before):
-        used = server.cpu_seconds() - cpu0
-        per_cpu = run["rps"] * run["wall_s"] / used if run.get("rps") and used > 0 else None
-        out.append({**run, "cpu_s": used, "per_cpu_s": per_cpu})
-    return out
+    used = [s.cpu_seconds() - cpu0 for s, cpu0 in zip(pair, before)]
+    wall = max((run.get("wall_s") or 0 for run in runs), default=0)
+    # together they should have had the whole core; less means other load took part of it
+    disturbed = wall > 0 and 100 * sum(used) / wall < MIN_SERVER_CPU
+    return [{**run, "cpu_s": cpu, "disturbed": disturbed,
+             "per_cpu_s": run["rps"] * run["wall_s"] / cpu if run.get("rps") and cpu > 0 else None}
+            for run, cpu in zip(runs, used)]
 
 
 def _run_or_error(env: Env, url: str, connections: int) -> dict:
@@ -265,9 +266,10 @@ def side_by_side_rows(engines: list[str], samples: dict) -> list[dict]:
                           "(requests per CPU second)", (">=", 0.95)),
                 ("twins", f"control: metrics on ÷ its twin, {e} engine, both loaded at once "
                           "(requests per CPU second)", None)):
+            runs = samples[f"{pair}-{e}"]
             ratios = [a["per_cpu_s"] / b["per_cpu_s"] if a["per_cpu_s"] and b["per_cpu_s"] else None
-                      for a, b in samples[f"{pair}-{e}"]]
-            rows.append(row(label, "ratio", ratios, goal=goal))
+                      for a, b in runs]
+            rows.append(row(label, "ratio", ratios, [a["disturbed"] for a, _ in runs], goal=goal))
     return rows
 
 
@@ -588,6 +590,11 @@ def run_hold(env: Env, engines: list[str]) -> tuple[list[dict], dict]:
     # happened on an overloaded machine: marked, and out of the medians when others are clean
     marks = {k: [x.get("connections", 0) < a.hold_connections or x.get("hold_errors", 1) > 0
                  for x in v] for k, v in samples.items()}
+    def ratio_row(label: str, field: str, num: str, den: str) -> dict:
+        return row(label, "ratio", [n[field] / d[field] if n.get(field) is not None and d.get(field)
+                                    else None for n, d in zip(samples[num], samples[den])],
+                   [m or n for m, n in zip(marks[num], marks[den])])
+
     rows = []
     for field, kind, what, goal in (("kb_per_connection", "kb", "KB per connection", 4.0),
                                     ("probe_p99_ms", "ms", "probe p99 ms", 5.0)):
@@ -598,23 +605,15 @@ def run_hold(env: Env, engines: list[str]) -> tuple[list[dict], dict]:
             p_key = f"full-{e}"
             for den, label in (("stock", f"project, {e} engine ÷ stock Tornado"),
                                (f"gcdefault-{e}", f"{e} engine, GC tuned ÷ Python's GC defaults")):
-                rows.append(row(f"{what}: {label}", "ratio",
-                                [p.get(field) / d[field] if p.get(field) is not None
-                                 and d.get(field) else None
-                                 for p, d in zip(samples[p_key], samples[den])],
-                                [m or n for m, n in zip(marks[p_key], marks[den])]))
+                rows.append(ratio_row(f"{what}: {label}", field, p_key, den))
     for field, kind, what in (("gc_pause_ms", "ms", "GC pauses, ms in all"),
                               ("gc_full", "count", "full collections (generation 2)")):
         for e in engines:
             for key in (f"full-{e}", f"gcdefault-{e}"):
                 rows.append(row(f"{what}, {kinds[key][2]}", kind,
                                 [x.get(field) for x in samples[key]], marks[key]))
-    for e in engines:
-        rows.append(row(f"GC pauses: {e} engine, GC tuned ÷ Python's GC defaults", "ratio",
-                        [p["gc_pause_ms"] / d["gc_pause_ms"] if p.get("gc_pause_ms") is not None
-                         and d.get("gc_pause_ms") else None
-                         for p, d in zip(samples[f"full-{e}"], samples[f"gcdefault-{e}"])],
-                        [m or n for m, n in zip(marks[f"full-{e}"], marks[f"gcdefault-{e}"])]))
+    rows += [ratio_row(f"GC pauses: {e} engine, GC tuned ÷ Python's GC defaults", "gc_pause_ms",
+                       f"full-{e}", f"gcdefault-{e}") for e in engines]
     every = [x for v in samples.values() for x in v if x and "connections" in x]
     n = a.hold_connections
     section = {
