@@ -16,7 +16,7 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from ..headers import FAST_HEADERS, Headers, _new_headers, make_headers
+from ..headers import FAST_HEADERS, make_headers
 from ..responses import error_response, too_large_message
 from .stream import DetachedStream
 
@@ -155,12 +155,7 @@ class ParserSink:
             if length is not None:
                 ex.length = int(length[0])  # llhttp allows digits only, and one value
         ex.start_line = _new_tuple(RequestStartLine, (method, url.decode("latin-1"), version))
-        if FAST_HEADERS:
-            headers = ex.headers = _new_headers(Headers)
-            headers._as_list = as_list
-            headers._combined_cache = {}
-        else:
-            ex.headers = make_headers(as_list)
+        ex.headers = make_headers(as_list)
         ex.head_done = True
         if ("Upgrade" in as_list or method == "CONNECT") and parser.should_upgrade():
             if ex.length or "Transfer-Encoding" in as_list:
