@@ -46,6 +46,15 @@ def http_date() -> str:
     return _date[1]
 
 
+def request_id(given: str | None) -> str:
+    """The id of a request: the client's X-Request-ID when it is tame, a fresh one otherwise."""
+    if given and REQUEST_ID.fullmatch(given):
+        return given
+    # 64 random bits from Python's generator (reseeded in forked workers): an id needs to be
+    # unique, not secret, and os.urandom costs a system call per request
+    return f"{random.getrandbits(64):016x}"
+
+
 class PublicError(tornado.web.HTTPError):
     """An HTTP error whose message is safe to show the client (and names the field at fault)."""
 
@@ -84,11 +93,7 @@ class BaseHandler(tornado.web.RequestHandler):
             proto = request.headers.get("X-Forwarded-Proto", "").lower()
             if proto in ("http", "https") and request.remote_ip != peer:
                 request.protocol = proto
-        given = request.headers.get("X-Request-ID")
-        # 64 random bits from Python's generator (reseeded in forked workers): an id needs to be
-        # unique, not secret, and os.urandom costs a system call per request
-        self.request_id = (given if given and REQUEST_ID.fullmatch(given)
-                           else f"{random.getrandbits(64):016x}")
+        self.request_id = request_id(request.headers.get("X-Request-ID"))
         super().__init__(application, request, **kwargs)
 
     @property

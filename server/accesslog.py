@@ -7,9 +7,12 @@ import json
 import os
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
+
+from tornado.web import OutputTransform
 
 from .metrics import Metrics
+from .refusals import Refusal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -129,6 +132,38 @@ def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     return any(ip in network for network in trusted)
 
 
+class BodySize(OutputTransform):
+    """Counts the body bytes a response sends into ``request.bytes_sent`` (for the access log).
+
+    Added to a foreign application's transforms (after any compressing one, so it counts what
+    goes on the wire); this project's handlers count their own (BaseHandler.bytes_sent).
+    """
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.counted = request.method != "HEAD"  # a HEAD response's body is never sent
+        request.bytes_sent = 0
+
+    def transform_first_chunk(self, status_code: int, headers: Any, chunk: bytes,
+                              finishing: bool) -> tuple[int, Any, bytes]:
+        if self.counted:
+            self.request.bytes_sent += len(chunk)
+        return status_code, headers, chunk
+
+    def transform_chunk(self, chunk: bytes, finishing: bool) -> bytes:
+        if self.counted:
+            self.request.bytes_sent += len(chunk)
+        return chunk
+
+
+def chain(*log_functions: Callable[[Any], None]) -> Callable[[Any], None]:
+    """One log_function calling each of these in turn (the launcher's access log, then the app's)."""
+    def log_request(handler: Any) -> None:
+        for log_function in log_functions:
+            log_function(handler)
+    return log_request
+
+
 class RequestObserver:
     """Tornado's log_function: records every finished request in the metrics and the access log."""
 
@@ -147,7 +182,21 @@ class RequestObserver:
         route = getattr(handler, "route_name", None) or type(handler).__name__
         self.metrics.observe_request(route, request.method, status, seconds)
         if self.writer is not None:
-            self.writer.write(self.format_line(handler, status, seconds))
+            self.writer.write(self.format_line(
+                request.method, request.uri, request.version, request.remote_ip, request.headers,
+                status, getattr(handler, "bytes_sent", None) or getattr(request, "bytes_sent", 0),
+                seconds,
+                getattr(handler, "request_id", "-"), request._start_time))
+
+    def refused(self, refusal: Refusal, size: int) -> None:
+        """Record a request the HTTP server refused itself (route "refused" in the metrics)."""
+        seconds = max(0.0, time.time() - refusal.started)
+        self.metrics.observe_request("refused", refusal.method, refusal.status, seconds)
+        if self.writer is not None:
+            self.writer.write(self.format_line(
+                refusal.method, refusal.target, refusal.version, refusal.remote_ip,
+                refusal.headers, refusal.status, size, seconds, refusal.request_id,
+                refusal.started))
 
     def flush(self) -> None:
         """Write the access lines still waiting (at shutdown)."""
@@ -160,27 +209,24 @@ class RequestObserver:
             self._stamp_second, self._stamp = second, time.strftime(fmt, time.gmtime(second))
         return self._stamp
 
-    def format_line(self, handler: Any, status: int, seconds: float) -> str:
-        """One access log line in the configured format."""
-        request = handler.request
-        sent = getattr(handler, "bytes_sent", 0)
-        request_id = getattr(handler, "request_id", "-")
-        headers = request.headers
+    def format_line(self, method: str, uri: str, version: str, client: str, headers: Any,
+                    status: int, sent: int, seconds: float, request_id: str,
+                    started: float) -> str:
+        """One access log line in the configured format (headers None: none were readable)."""
         # get_list: no KeyError raised and caught (inside Mapping.get) for an absent header
-        agent = ",".join(headers.get_list("User-Agent"))
-        started = request._start_time
+        agent = ",".join(headers.get_list("User-Agent")) if headers is not None else ""
         if self.log_format == "json":
             return json.dumps({
                 "time": self._time(started, "%Y-%m-%dT%H:%M:%S")
                 + f".{int(started % 1 * 1000):03d}Z",
-                "request_id": request_id, "method": request.method, "path": request.uri,
+                "request_id": request_id, "method": method, "path": uri,
                 "status": status, "bytes": sent, "duration_ms": round(seconds * 1000, 3),
-                "client": request.remote_ip, "user_agent": agent, "pid": self.pid,
+                "client": client, "user_agent": agent, "pid": self.pid,
             }, ensure_ascii=False, separators=(",", ":"))
         stamp = self._time(started, "%d/%b/%Y:%H:%M:%S +0000")
-        referer = ",".join(headers.get_list("Referer")) or "-"
-        line = f"{request.method} {request.uri} {request.version}"
-        return (f'{request.remote_ip} - - [{stamp}] "{_quote(line)}" {status} {sent} '
+        referer = (",".join(headers.get_list("Referer")) if headers is not None else "") or "-"
+        line = f"{method} {uri} {version}"
+        return (f'{client} - - [{stamp}] "{_quote(line)}" {status} {sent} '
                 f'"{_quote(referer)}" "{_quote(agent) or "-"}" {seconds:.3f} {request_id}')
 
 

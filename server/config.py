@@ -299,6 +299,22 @@ class Settings:
                                                "X-Real-IP / X-Forwarded-Proto headers are believed",
                                                parse_networks, "http", "CIDRS")
 
+    # your own application
+    app: str | None = setting(None, "serve your own Tornado application instead of this "
+                              "project's: MODULE:ATTR, ATTR a tornado.web.Application or a "
+                              "callable returning one (sync, async, or an async context "
+                              "manager yielding one), called once per worker process. The "
+                              "HTTP listener's address, port, backlog, timeouts, size limits, "
+                              "--max-connections, TLS and drain settings and every process "
+                              "setting apply to it (the access log included); --max-concurrency, "
+                              "--files, --cookie-secret*, --trusted-proxies and the data, "
+                              "guestbook and API settings are this project's and do not (its "
+                              "database, cache, /metrics and dashboard do not run); the TCP "
+                              "greeting service runs only with --tcp-port",
+                              parse_optional_text, "app", "MODULE:ATTR")
+    app_dir: Path = setting(Path("."), "directory put first on sys.path to import --app from",
+                            parse_path, "app", "DIR")
+
     # process
     processes: int = setting(1, "server processes, each with its own SO_REUSEPORT socket under a "
                              "supervising parent (0 = one per CPU core)", parse_process_count,
@@ -432,6 +448,7 @@ class Settings:
 
 _GROUP_TITLES = {
     "http": "HTTP listener",
+    "app": "your own application (--app)",
     "process": "process",
     "data": "data: database and cache",
     "guestbook": "guestbook",

@@ -10,9 +10,11 @@ from typing import Any
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
+from tornado.log import gen_log
 
+from . import rules
 from .engine.limits import ConnectionCap, reset_on_close, sweep_period
-from .responses import error_response, too_large_message
+from .refusals import Refusal, RefusalHandler
 
 log = logging.getLogger("server.http")
 
@@ -33,18 +35,25 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
         self.inner = inner
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
-        self.server.busy.add(self.server_conn)
-        if self.server.head_deadline:
-            self.server.head_deadline.pop(self.server_conn, None)  # the head arrived in time
-        length = headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.server.max_body_size:
-            self.server.reject_too_large(self.request_conn, start_line.path, int(length))
-            return None
-        if start_line.version == "HTTP/1.0" and "Transfer-Encoding" in headers:
-            # RFC 9112 6.1: faulty framing; Tornado would read it chunked and keep the connection
-            # (a pipelined request hidden behind it would then be served)
-            self.server.reject(self.request_conn, start_line.path, 400,
-                               "Transfer-Encoding in an HTTP/1.0 request")
+        server = self.server
+        server.busy.add(self.server_conn)
+        if server.head_deadline:
+            server.head_deadline.pop(self.server_conn, None)  # the head arrived in time
+        try:
+            length = rules.request_content_length(headers.get_list("Content-Length"))
+            rules.request_transfer_encoding(headers.get_list("Transfer-Encoding"),
+                                            start_line.version, length is not None)
+            if length is not None and length > server.max_body_size:
+                raise rules.too_large(length, server.max_body_size)
+            if start_line.path[:1] != "/" and start_line.path != "*":
+                host: dict[str, list[str]] = {}
+                path = rules.origin_form(start_line.path, host)
+                headers["Host"] = host["Host"][0]
+                start_line = start_line._replace(path=path)
+        except rules.Violation as violation:
+            gen_log.info("Malformed HTTP message from %s: %s", self.request_conn.context,
+                         violation.detail)
+            server.reject(self.request_conn, start_line, headers, violation)
             return None
         return self.inner.headers_received(start_line, headers)
 
@@ -68,8 +77,9 @@ class DrainingHTTPServer(HTTPServer):
 
     def initialize(self, *args: Any, header_timeout: float | None = None,  # type: ignore[override]
                    send_timeout: float | None = None, max_connections: int | None = None,
-                   **kwargs: Any) -> None:
+                   refusals: RefusalHandler | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
+        self.refusals = refusals or RefusalHandler()
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
         self.busy: set[HTTP1ServerConnection] = set()
         self.idle_since: dict[HTTP1ServerConnection, float] = {}
@@ -168,15 +178,14 @@ class DrainingHTTPServer(HTTPServer):
         if self._connections:
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
-    def reject_too_large(self, request_conn: HTTP1Connection, path: str, length: int) -> None:
-        """Answer 413 before reading the body, then close without resetting the client."""
-        self.reject(request_conn, path, 413, too_large_message(length, self.max_body_size))
-
-    def reject(self, request_conn: HTTP1Connection, path: str, status: int, detail: str) -> None:
+    def reject(self, request_conn: HTTP1Connection, start_line: Any,
+               headers: httputil.HTTPHeaders, violation: rules.Violation) -> None:
         """Answer an error before reading the body, then close without resetting the client."""
+        context = request_conn.context  # type: ignore[attr-defined]
         stream = request_conn.detach()
-        response = error_response(status, detail, path)
-        task = asyncio.ensure_future(self._write_and_linger(stream, response))
+        refusal = Refusal(violation.status, violation.detail, start_line.method, start_line.path,
+                          start_line.version, headers, context.remote_ip)
+        task = asyncio.ensure_future(self._write_and_linger(stream, self.refusals.respond(refusal)))
         self._lingering.add(task)
         task.add_done_callback(self._lingering.discard)
 

@@ -14,15 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+import tornado.web
 from tornado.netutil import bind_sockets
 
+from handlers import refusals as refusal_page
+
+from . import appspec
+from .accesslog import BodySize, RequestObserver, chain
 from .app import make_app
+from .appspec import AppSpec
 from .config import ConfigError, Settings
 from .cluster import ClusterView
 from .engine.limits import fit_file_limit
 from .httpserver import DrainingHTTPServer
 from .metrics import Metrics
+from .refusals import RefusalHandler
 from .services import Services, Unavailable, load_or_create_secret, open_services
+from .services.greeting import GreetingService
 from .state import ServerState
 from .tcp import GreetingTCPServer
 
@@ -78,14 +86,18 @@ def _expect_pem(path: Path, flag: str, markers: tuple[bytes, ...], what: str) ->
         raise ConfigError(f"{flag} {path}: not {what}")
 
 
-def make_http_server(app: object, settings: Settings,
-                     ssl_context: ssl.SSLContext | None = None) -> DrainingHTTPServer:
-    """The HTTP/1.1 server of the chosen engine, with the settings' timeouts, limits and TLS."""
+def make_http_server(app: object, settings: Settings, ssl_context: ssl.SSLContext | None = None,
+                     refusals: RefusalHandler | None = None) -> DrainingHTTPServer:
+    """The HTTP/1.1 server of the chosen engine, with the settings' timeouts, limits and TLS.
+
+    ``refusals`` renders and records the requests the server refuses itself (default: a plain
+    page, not recorded).
+    """
     options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
                    max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
                    decompress_request=False, header_timeout=settings.header_timeout,
                    send_timeout=settings.send_timeout,
-                   max_connections=fit_file_limit(settings.max_connections))
+                   max_connections=fit_file_limit(settings.max_connections), refusals=refusals)
     if ssl_context is None:
         ssl_context = make_ssl_context(settings)
     if ssl_context is not None:
@@ -120,50 +132,94 @@ def tune_garbage_collector(settings: Settings) -> None:
 
 
 class ServerRuntime:
-    """One running server: services, the Application, its HTTP server and the TCP service."""
+    """One running server: its application (this project's, or --app's), HTTP server, TCP service.
 
-    def __init__(self, settings: Settings, worker: int | None = None) -> None:
+    ``prepare()`` builds the application (this project's opens its services first), ``start()``
+    serves it on bound sockets, ``stop()`` drains and closes everything in reverse.
+    """
+
+    def __init__(self, settings: Settings, worker: int | None = None,
+                 app_spec: AppSpec | None = None) -> None:
         self.settings = settings
         self.worker = worker  # the slot under a --processes supervisor, None when alone
+        self.app_spec = app_spec  # --app: the user's application instead of this project's
         self.state = ServerState()
         self.http: DrainingHTTPServer | None = None
         self.tcp: GreetingTCPServer | None = None
         self.services: Services | None = None
-        self.metrics = Metrics(enabled=settings.metrics)
+        self.app: Any = None
+        self.refusals: RefusalHandler | None = None
+        # a foreign application gets no /metrics: nothing would read what is recorded
+        self.metrics = Metrics(enabled=settings.metrics and app_spec is None)
+        self._cluster: ClusterView | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    async def start(self, http_sockets: list[socket.socket],
-                    tcp_sockets: list[socket.socket] | None = None) -> None:
-        """Open services, then start serving on already-bound sockets."""
+    async def prepare(self) -> None:
+        """Build the application: open this project's services and make its app, or build --app's."""
         s = self.settings
         try:
             await self.metrics.start()
             self._stack.push_async_callback(self.metrics.close)
+            if self.app_spec is not None:
+                await self._prepare_foreign(self.app_spec)
+                return
             self.services = await self._stack.enter_async_context(open_services(s, self.metrics))
-            cluster = None
             cluster_dir = os.environ.get("TORNADO_HPS_CLUSTER_DIR")
             if self.worker is not None and cluster_dir:
-                cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
-            app = make_app(s, self.services, self.state, self.metrics, cluster)
+                self._cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
+            app = self.app = make_app(s, self.services, self.state, self.metrics, self._cluster)
             # the access lines still waiting are written once the server has stopped serving
-            self._stack.callback(app.settings["log_function"].flush)
+            observer = app.settings["log_function"]
+            self._stack.callback(observer.flush)
             app.settings.update(cookie_settings(s))
-            self.http = make_http_server(app, s)
-            self.http.add_sockets(http_sockets)
-            if tcp_sockets:
-                self.tcp = GreetingTCPServer(self.services.greeting, s.tcp_max_line, s.tcp_idle_timeout)
-                self.tcp.add_sockets(tcp_sockets)
-            self._register_gauges()
-            if cluster is not None:
-                await cluster.start()
-                self._stack.push_async_callback(cluster.close)
+            self.refusals = RefusalHandler(refusal_page.render, observer.refused)
         except BaseException:
             await self._stack.aclose()
             raise
 
+    async def _prepare_foreign(self, spec: AppSpec) -> None:
+        s = self.settings
+        app = self.app = await self._stack.enter_async_context(appspec.built(spec))
+        observer = RequestObserver(self.metrics, s.access_log, s.access_log_flush)
+        self._stack.callback(observer.flush)
+        if isinstance(app, tornado.web.Application):
+            # the launcher's access log; an application's own log_function is still called
+            own = app.settings.get("log_function")
+            app.settings["log_function"] = observer if own is None else chain(observer, own)
+            app.transforms.append(BodySize)
+        self.refusals = RefusalHandler(record=observer.refused)
+
+    async def start(self, http_sockets: list[socket.socket],
+                    tcp_sockets: list[socket.socket] | None = None) -> None:
+        """Serve the application on already-bound sockets (prepared first if it was not)."""
+        s = self.settings
+        if self.app is None:
+            await self.prepare()
+        try:
+            self.http = make_http_server(self.app, s, refusals=self.refusals)
+            self.http.add_sockets(http_sockets)
+            if tcp_sockets:
+                greeting = (self.services.greeting if self.services is not None
+                            else GreetingService(s.max_name_length))
+                self.tcp = GreetingTCPServer(greeting, s.tcp_max_line, s.tcp_idle_timeout)
+                self.tcp.add_sockets(tcp_sockets)
+            self._register_gauges()
+            if self._cluster is not None:
+                await self._cluster.start()
+                self._stack.push_async_callback(self._cluster.close)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def close(self) -> None:
+        """Close what prepare() opened (when start() never ran)."""
+        await self._stack.aclose()
+
     def _register_gauges(self) -> None:
         http, state, services, m = self.http, self.state, self.services, self.metrics
-        assert http is not None and services is not None
+        assert http is not None
+        if services is None:
+            return  # a foreign application: no /metrics to show them
         m.gauge("http_connections_open", "open HTTP connections", lambda: http.connection_count)
         m.gauge("http_requests_in_flight", "HTTP requests being handled", lambda: len(http.busy))
         m.counter("http_connections_refused", "connections closed at accept by --max-connections",
@@ -212,12 +268,24 @@ class ServerRuntime:
         await self._stack.aclose()
 
 
-async def serve(settings: Settings, http_sockets: list[socket.socket],
+async def serve(settings: Settings, http_sockets: list[socket.socket] | None,
                 tcp_sockets: list[socket.socket] | None = None,
-                announce: Callable[[str], None] = print, worker: int | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT, drain, and return the process exit code."""
+                announce: Callable[[str], None] = print, worker: int | None = None,
+                app_spec: AppSpec | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT, drain, and return the process exit code.
+
+    ``http_sockets`` None: bind them once the application is built (a foreign application in
+    one process: a factory that fails is reported before any socket is bound).
+    """
     loop = asyncio.get_running_loop()
-    runtime = ServerRuntime(settings, worker)
+    runtime = ServerRuntime(settings, worker, app_spec)
+    await runtime.prepare()
+    if http_sockets is None:
+        try:
+            http_sockets, tcp_sockets = bind_all(settings)
+        except BaseException:
+            await runtime.close()
+            raise
     await runtime.start(http_sockets, tcp_sockets)
     tune_garbage_collector(settings)
 
@@ -255,28 +323,49 @@ async def serve(settings: Settings, http_sockets: list[socket.socket],
     return EXIT_OK if clean else EXIT_FORCED
 
 
+def bind_all(settings: Settings) -> tuple[list[socket.socket], list[socket.socket] | None]:
+    """The HTTP listening sockets, and the TCP greeting service's when --tcp-port is set."""
+    http_sockets = bind(settings.address, settings.port, settings.backlog)
+    tcp_sockets = None
+    if settings.tcp_port is not None:
+        try:
+            tcp_sockets = bind(settings.address, settings.tcp_port, settings.backlog)
+        except ConfigError:
+            for sock in http_sockets:
+                sock.close()
+            raise
+    return http_sockets, tcp_sockets
+
+
 def run(settings: Settings) -> int:
     """Bind, then run the event loop of the chosen implementation until shutdown."""
     make_ssl_context(settings)  # an unusable certificate or key is a config error before binding
-    if settings.cookie_secret is None:
+    spec = None
+    if settings.app is not None:
+        # a module that is missing or broken, or a wrong attribute: exit 2 before any socket
+        spec = appspec.resolve(settings.app, settings.app_dir)
+    elif settings.cookie_secret is None:
         # before any fork: workers then read one finished file, and a bad one is exit code 2
         load_or_create_secret(settings.secret_file, create_directory=settings.cookie_secret_file is None)
     if settings.processes > 1:
         from .supervisor import run_supervised
         return run_supervised(settings, run_child, bind)
-    http_sockets = bind(settings.address, settings.port, settings.backlog)
-    tcp_sockets = None
-    if settings.tcp_port is not None:
-        tcp_sockets = bind(settings.address, settings.tcp_port, settings.backlog)
 
     def announce(line: str) -> None:
         print(line, flush=True)
 
+    if spec is not None:
+        return run_loop(settings, serve(settings, None, None, announce, app_spec=spec))
+    http_sockets, tcp_sockets = bind_all(settings)
     return run_loop(settings, serve(settings, http_sockets, tcp_sockets, announce))
 
 
 def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
-    """One worker under the supervisor: serve on the slot's sockets, report readiness on a pipe."""
+    """One worker under the supervisor: serve on the slot's sockets, report readiness on a pipe.
+
+    A foreign application is built here, after the fork (its module was imported, and checked,
+    by the supervisor before binding); one that fails to build is one line and exit code 2.
+    """
     from .supervisor import READY
 
     def announce(line: str) -> None:
@@ -284,8 +373,13 @@ def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
             os.write(ready_fd, READY)
             os.close(ready_fd)
 
-    return run_loop(settings, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
-                                    announce, worker=slot.index))  # type: ignore[attr-defined]
+    try:
+        spec = appspec.resolve(settings.app, settings.app_dir) if settings.app else None
+        return run_loop(settings, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
+                                        announce, worker=slot.index, app_spec=spec))  # type: ignore[attr-defined]
+    except ConfigError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
 
 
 def uvloop_or_none(settings: Settings) -> Any:

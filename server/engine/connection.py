@@ -16,8 +16,13 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from ..headers import FAST_HEADERS, make_headers
-from ..responses import error_response, too_large_message
+from .. import rules
+from ..compat import release_transport
+from ..headers import FAST_HEADERS
+from ..refusals import Refusal
+from . import parsing
+from .delegates import ProxyContext
+from .parsing import BODY_PAUSE_BYTES, ParserSink, Reject, new_parser
 from .stream import DetachedStream
 
 if TYPE_CHECKING:
@@ -27,8 +32,6 @@ if TYPE_CHECKING:
 # delegate; body complete and the handler is producing the response.
 HEAD, BODY, HANDLER = 0, 1, 2
 
-# Body bytes parsed but not yet taken by the delegate above this pause reading from the socket.
-BODY_PAUSE_BYTES = 256 * 1024
 # A response that must close the connection while the client may still be sending: stop writing,
 # read and discard for this long / this much (like nginx's lingering_close), so that closing with
 # unread input does not make the kernel reset the connection and lose our answer.
@@ -38,159 +41,8 @@ LINGER_MAX_BYTES = 4 * 1024 * 1024
 # the rest of the read stays unparsed until they are answered.
 FEED_SLICE = 16 * 1024
 MAX_PIPELINED = 16
-# Header-name spellings remembered per server (bounded: names are client-chosen).
-NAME_CACHE_SIZE = 512
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
-VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-RequestStartLine = httputil.RequestStartLine
-_new_tuple = tuple.__new__
-
-
-class _Reject(Exception):
-    """Raised inside a parser callback to stop parsing a request the server refuses."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-class ParserSink:
-    """llhttp's callbacks for whichever connection is being fed; one per server.
-
-    httptools keeps the callables it finds on its protocol object. Handing every parser the same
-    pre-bound methods (instead of a connection's own) saves eight bound-method objects per
-    connection; `conn` says which connection the current feed_data call belongs to.
-    """
-
-    __slots__ = ("conn", "small_read", "server", "names", "methods", "waiting_head", "on_url",
-                 "on_header", "on_headers_complete", "on_body", "on_message_complete")
-
-    def __init__(self, server: "FastHTTPServer") -> None:
-        self.conn: Connection | None = None
-        # True while the bytes fed so far to the current head cannot exceed max_header_size
-        self.small_read = True
-        self.server = server
-        self.names: dict[bytes, str] = {}
-        self.methods: dict[bytes, str] = {}
-        self.waiting_head = server.waiting_head
-        self.on_url = self._url
-        self.on_header = self._header
-        self.on_headers_complete = self._headers_complete
-        self.on_body = self._body
-        self.on_message_complete = self._message_complete
-
-    def _url(self, url: bytes) -> None:
-        # a message starts with its target (llhttp's on_message_begin would be one more call)
-        conn = self.conn
-        ex = conn.parsing
-        if ex is not None:
-            ex.url += url  # the rest of a target split across reads
-            return
-        ex = conn.parsing = Exchange(conn)
-        ex.url = url
-        if conn.current is None:
-            conn.current = ex
-        else:
-            # pipelined: it waits until the responses before it are out
-            if conn.queue is None:
-                conn.queue = [ex]
-            else:
-                conn.queue.append(ex)
-            conn.pause_reading()
-
-    def _header(self, name: bytes, value: bytes) -> None:
-        ex = self.conn.parsing
-        if ex.head_done:
-            return  # a trailer after a chunked body: nothing in Tornado reads them
-        normal = self.names.get(name)
-        if normal is None:
-            normal = "-".join([word.capitalize() for word in name.decode("latin-1").split("-")])
-            if len(self.names) < NAME_CACHE_SIZE:
-                self.names[name] = normal
-        if value and value[-1] in (32, 9):
-            value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; HTTP says it isn't part
-        values = ex.headers.get(normal)
-        if values is None:
-            ex.headers[normal] = [value.decode("latin-1")]
-        else:
-            values.append(value.decode("latin-1"))
-
-    def _headers_complete(self) -> None:
-        conn = self.conn
-        ex = conn.parsing
-        parser = conn.parser
-        conn.heads += 1
-        raw_method = parser.get_method()
-        method = self.methods.get(raw_method)
-        if method is None:
-            method = raw_method.decode("ascii")
-            self.methods[raw_method] = method  # llhttp knows a fixed set of methods: bounded
-        version = VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise _Reject(400, "unsupported HTTP version")
-        url = ex.url
-        if url is None:
-            raise _Reject(400, "missing request target")
-        as_list = ex.headers
-        if not self.small_read:
-            # this head may be larger than the limit: measure it (close enough: line ends and
-            # separators counted as 4 bytes a line)
-            limit = self.server.max_header_size
-            size = len(url) + len(method) + 12 + sum(
-                len(name) + len(value) + 4 for name, values in as_list.items() for value in values)
-            if size > limit:
-                raise _Reject(431, f"request head larger than {limit} bytes")
-        if "Transfer-Encoding" in as_list:
-            # as strict as Tornado: anything but exactly "chunked" could frame differently in a
-            # proxy in front of us (request smuggling); llhttp already refuses TE with CL
-            encodings = as_list["Transfer-Encoding"]
-            # (and RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing)
-            if (len(encodings) != 1 or encodings[0].lower() != "chunked"
-                    or "Content-Length" in as_list or version != "HTTP/1.1"):
-                raise _Reject(400, "unsupported Transfer-Encoding")
-        else:
-            length = as_list.get("Content-Length")
-            if length is not None:
-                ex.length = int(length[0])  # llhttp allows digits only, and one value
-        ex.start_line = _new_tuple(RequestStartLine, (method, url.decode("latin-1"), version))
-        ex.headers = make_headers(as_list)
-        ex.head_done = True
-        if ("Upgrade" in as_list or method == "CONNECT") and parser.should_upgrade():
-            if ex.length or "Transfer-Encoding" in as_list:
-                # llhttp hands whatever follows an upgrade head over as the new protocol's
-                # bytes, so the body would never reach the handler
-                raise _Reject(400, "a request body with Upgrade is not supported")
-            ex.upgrade = True
-        connection = as_list.get("Connection")
-        if connection is None:
-            ex.keep_alive = version == "HTTP/1.1"
-        else:
-            tokens = [token.strip().lower() for value in connection for token in value.split(",")]
-            if version == "HTTP/1.1":
-                ex.keep_alive = "close" not in tokens
-            else:
-                ex.keep_alive = "keep-alive" in tokens
-        if ex is conn.current:
-            self.waiting_head.pop(conn, None)  # the head timer stops
-
-    def _body(self, data: bytes) -> None:
-        conn = self.conn
-        ex = conn.parsing
-        if ex.body is None:
-            ex.body = [data]
-        else:
-            ex.body.append(data)
-        ex.body_bytes += len(data)
-        if ex.body_bytes > BODY_PAUSE_BYTES:
-            conn.pause_reading()
-
-    def _message_complete(self) -> None:
-        conn = self.conn
-        conn.parsing.complete = True
-        conn.parsing = None
-        conn.completed += 1
 
 
 class Exchange(httputil.HTTPConnection):
@@ -201,10 +53,16 @@ class Exchange(httputil.HTTPConnection):
     __slots__ = ("conn", "delegate", "start_line", "headers", "url", "head_done", "complete",
                  "stage", "keep_alive", "remaining", "started", "finished", "close_callback")
 
-    body: list[bytes] | None = None  # parsed body pieces not yet given to the delegate
+    body: list[Any] | None = None  # parsed body pieces not yet given to the delegate
     body_bytes = 0  # their size
     received = 0  # body bytes given to the delegate so far
+    parsed = 0  # body bytes parsed so far
     length: int | None = None  # Content-Length
+    chunked = False  # Transfer-Encoding: chunked
+    chunks = 0  # chunks parsed so far, and the bytes of their framing (sizes, extensions, CRLF)
+    overhead = 0
+    proxy: ProxyContext | None = None  # xheaders: what the proxy in front says
+    method_prefix: bytes | None = None  # the start of a method split across reads
     waiting: "asyncio.Future[Any] | None" = None  # the delegate's pending future (flow control)
     upgrade = False
     error: tuple[int, str] | None = None  # (status, detail) the request is refused with
@@ -236,13 +94,18 @@ class Exchange(httputil.HTTPConnection):
     # --- what HTTPServerRequest and handlers read ---
 
     @property
-    def context(self) -> "Connection":
-        """The connection: remote_ip, protocol and address, like Tornado's _HTTPRequestContext."""
-        return self.conn
+    def context(self) -> Any:
+        """remote_ip, protocol and address, like Tornado's _HTTPRequestContext (xheaders applied)."""
+        return self.proxy or self.conn
 
     @property
     def stream(self) -> "Connection":
-        """Minimal stream view (close/closed/set_nodelay/socket) for code that reaches for it."""
+        """The connection as a stream: raw write(), close(), closed(), socket, set_nodelay().
+
+        Like ``request.connection.stream`` in Tornado: bytes written here bypass the HTTP
+        framing (an application that answers this way owns the rest of the connection and
+        should close it when done).
+        """
         return self.conn
 
     # --- HTTPConnection ---
@@ -280,6 +143,14 @@ class Exchange(httputil.HTTPConnection):
         # {name: [values]}: Tornado 6.6's own dict (read directly, see server.headers) or a copy
         as_list = headers._as_list if FAST_HEADERS else {n: headers.get_list(n) for n in headers}
         length = as_list.get("Content-Length")
+        if length is not None or "Transfer-Encoding" in as_list:
+            problem = rules.response_framing_problem(as_list)
+            if problem:
+                conn.abort()  # nothing of this response can be framed right: the client sees a close
+                raise httputil.HTTPOutputError(problem)
+            if length is None and not http11:
+                del headers["Transfer-Encoding"]  # an HTTP/1.0 body ends with the connection
+                as_list.pop("Transfer-Encoding", None)
         if method == "HEAD" or code == 304:
             self.remaining = 0
         elif length is not None:
@@ -355,8 +226,8 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "remote_ip", "protocol", "address", "current",
                  "parsing", "queue", "completed", "heads", "head_fed", "head_slack", "paused",
-                 "write_paused",
-                 "waiters", "tail", "backlog", "stream", "closing", "discard", "linger")
+                 "write_paused", "waiters", "tail", "backlog", "stream", "closing", "discard",
+                 "linger", "method_override", "pending")
 
     def __init__(self, server: "FastHTTPServer") -> None:
         self.server = server
@@ -381,6 +252,9 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.discard = -1  # >= 0 while lingering: bytes of input thrown away so far
         self.linger: asyncio.TimerHandle | None = None
+        # a method llhttp does not know, for the request re-fed under a known one
+        self.method_override: str | None = None
+        self.pending: bytes | None = None  # input to parse before the next read's
 
     def __str__(self) -> str:
         return self.remote_ip
@@ -394,7 +268,7 @@ class Connection(asyncio.Protocol):
         self.address = peer
         if isinstance(peer, tuple) and peer:
             self.remote_ip = peer[0]
-        self.parser = httptools.HttpRequestParser(self.server.sink)
+        self.parser = new_parser(self.server.sink)
         self.server.connection_made(self)
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -441,19 +315,46 @@ class Connection(asyncio.Protocol):
 
     def parse(self, data: bytes | bytearray | memoryview) -> None:
         """Run the parser over data; its callbacks fill in this connection's exchanges."""
+        if self.pending is not None:
+            data, self.pending = self.pending + bytes(data), None
+        while data is not None:
+            data = self.parse_once(data)
+
+    def parse_once(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Feed data once; returns input to feed again (a request under a method llhttp knows)."""
         sink = self.server.sink
         sink.conn = self  # left set afterwards: cleared when the connection goes
         sink.small_read = self.head_fed + self.head_slack + len(data) <= self.server.max_header_size
         completed, heads = self.completed, self.heads
+        first = self.parsing  # a message that began in an earlier read (None: data begins one)
+        parsed = first.parsed if first is not None else 0
+        again = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.tail = bytearray(data[exc.args[0]:])
             self.pause_reading()
+        except httptools.HttpParserInvalidMethodError as exc:
+            try:
+                again = self.unknown_method(data, first, parsed, self.completed - completed)
+            except Reject as refusal:
+                self.refuse_parsing(refusal.status, refusal.detail)
+            else:
+                if again is None and self.pending is None:
+                    self.parse_error(exc, data)
         except httptools.HttpParserError as exc:
-            self.parse_error(exc)
+            self.parse_error(exc, data)
+        if first is not None and first.chunked and first is self.parsing:
+            # a chunked body all through this read: its framing must stay near its data's size
+            first.overhead += len(data) - (first.parsed - parsed)
+            if parsing.chunk_overhead_exceeded(first) and first.error is None:
+                first.error = (400, "chunked body framing far larger than its data "
+                                    "(chunk extensions?)")
+                self.discard_input()
         ex = self.parsing
         if ex is not None and not ex.head_done and ex.error is None:
+            if ex.url is None and again is None:
+                self.keep_method_start(data, first, parsed, self.completed - completed)
             self.server.head_started(self)  # header_timeout runs from a head's first read
             # llhttp has no size limit of its own: count the reads spent inside one head
             if completed == self.completed and heads == self.heads:
@@ -468,6 +369,80 @@ class Connection(asyncio.Protocol):
                 self.head_slack = len(data)
         elif self.head_fed or self.head_slack:
             self.head_fed = self.head_slack = 0
+        return again
+
+    def unknown_method(self, data: bytes | bytearray | memoryview, first: Exchange | None,
+                       parsed: int, done: int) -> bytes | None:
+        """A method llhttp does not know: the request again under one it does, keeping its own.
+
+        RFC 9110 9.1 makes any token a method (Tornado answers an unimplemented one with 405).
+        The input from the failed message on is returned to be fed to a fresh parser with its
+        method replaced by GET, and the real method is put back into the start line. Finding where
+        that message starts needs input that begins at a message boundary: data does, or does
+        once the start of its first message (a method split across reads, kept; or the rest of a
+        Content-Length body) is accounted for. None when it cannot be found (refused as before)
+        or the method is not complete yet (kept as pending input).
+        """
+        ex = self.parsing
+        if ex is None or ex.url is not None:
+            return None  # not a method problem (llhttp uses this error for "GET\r\n" too)
+        found = self.aligned(data, first, parsed, done)
+        if found is None:
+            return None
+        aligned, done = found
+        start = parsing.message_start(aligned, done)
+        split = parsing.split_method(aligned, start)
+        self.drop_exchange(ex)
+        self.parser = new_parser(self.server.sink)
+        if split is None:
+            self.pending = bytes(aligned[start:])  # the method continues in the next read
+            return None
+        method, rest = split
+        self.method_override = method.decode("ascii")
+        return parsing.KNOWN_METHOD + bytes(aligned[rest:])
+
+    @staticmethod
+    def aligned(data: bytes | bytearray | memoryview, first: Exchange | None, parsed: int,
+                done: int) -> tuple[bytes | bytearray | memoryview, int] | None:
+        """data from a message boundary on and the messages complete in it; None if unknown.
+
+        ``first`` was being parsed when data arrived (``parsed`` of its body bytes by then) and
+        ``done`` messages completed in data: a split method's start is prepended, the rest of a
+        Content-Length body skipped. The end of a head or of a chunked body cannot be found.
+        """
+        if first is None:
+            return data, done
+        if first.url is None:
+            if first.method_prefix is None:
+                return None
+            return first.method_prefix + bytes(data), done
+        if first.head_done and first.length is not None and not first.chunked and done:
+            return data[first.length - parsed:], done - 1
+        return None
+
+    def keep_method_start(self, data: bytes | bytearray | memoryview, first: Exchange | None,
+                          parsed: int, done: int) -> None:
+        """A read ended inside a request's method: keep its start, should llhttp not know it."""
+        ex = self.parsing
+        if ex is first:
+            if ex.method_prefix is not None:
+                ex.method_prefix += bytes(data)
+            return
+        found = self.aligned(data, first, parsed, done)
+        if found is not None:
+            start = parsing.message_start(*found)
+            ex.method_prefix = bytes(found[0][start:start + parsing.MAX_METHOD_LENGTH + 1])
+
+    def drop_exchange(self, ex: Exchange) -> None:
+        """Forget an exchange whose message will be parsed again."""
+        if self.current is ex:
+            self.current = None
+        elif self.queue is not None and ex in self.queue:
+            self.queue.remove(ex)
+            if not self.queue:
+                self.queue = None
+        if self.parsing is ex:
+            self.parsing = None
 
     def eof_received(self) -> bool | None:
         """The client closed its side."""
@@ -499,6 +474,7 @@ class Connection(asyncio.Protocol):
         if server.sink.conn is self:
             server.sink.conn = None
         self.closing = True
+        release_transport(self.transport)
         self.transport = None
         self.parser = None
         if self.linger is not None:
@@ -567,15 +543,14 @@ class Connection(asyncio.Protocol):
         server = self.server
         ex.stage = BODY
         server.busy.add(self)
-        length = ex.length
-        if length is not None and length > server.max_body_size:
-            self.reject_too_large(ex)
-            return
+        if server.xheaders:
+            ex.proxy = ProxyContext(self, ex.headers, server.trusted_downstream)
+        if server.no_keep_alive:
+            ex.keep_alive = False
         try:
             delegate = ex.delegate = server.start_request(self, ex)
             result = delegate.headers_received(ex.start_line, ex.headers)
         except httputil.HTTPInputError as exc:
-            gen_log.info("Malformed HTTP message from %s: %s", self, exc)
             ex.error = (400, str(exc))
             self.fail(ex)
             return
@@ -593,7 +568,7 @@ class Connection(asyncio.Protocol):
                 return
             if not self._settled_ok(future):
                 return
-        if length is not None or not ex.complete:
+        if ex.length is not None or not ex.complete:
             self.body_starts(ex)
 
     def _headers_settled(self, future: "asyncio.Future[Any]") -> None:
@@ -623,7 +598,9 @@ class Connection(asyncio.Protocol):
         if ex.detached or self.closing or self.current is not ex:
             return
         if ex.length is not None and ex.length > ex.body_limit():
-            ex.error = (400, "Content-Length too long")
+            # after headers_received: a @stream_request_body handler's prepare() may have raised
+            # the limit (request.connection.set_max_body_size); refused before the body is read
+            self.reject_too_large(ex)
             return
         if not ex.complete:
             if (not ex.finished and ex.body is None
@@ -636,22 +613,40 @@ class Connection(asyncio.Protocol):
                 self.server.body_started(self, timeout)
 
     def deliver(self, ex: Exchange) -> None:
-        """Pass the body parsed so far to the delegate (coalesced into one call)."""
+        """Pass the body parsed so far to the delegate: coalesced, in pieces of at most chunk_size.
+
+        A piece that the delegate takes asynchronously (its data_received returns a pending
+        future) holds back the next until it is done, as Tornado's flow control does.
+        """
         chunks = ex.body
-        ex.body = None
-        ex.body_bytes = 0
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        ex.received += len(data)
-        if ex.received > ex.body_limit():
-            ex.error = (400, "body too large")
+        size = ex.body_bytes
+        if ex.received + size > ex.body_limit():
+            ex.body = None
+            ex.error = (400, "chunked body too large" if ex.chunked else "body too large")
             return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        piece = self.server.chunk_size
+        if size > piece:
+            view = data if isinstance(data, memoryview) else memoryview(data)
+            ex.body = [view[piece:]]
+            ex.body_bytes = size - piece
+            data = bytes(view[:piece])
+        else:
+            ex.body = None
+            ex.body_bytes = 0
+            if type(data) is not bytes:
+                data = bytes(data)
+        ex.received += len(data)
         if self.paused:
             self.maybe_resume()
         if ex.finished:
+            ex.body = None
+            ex.body_bytes = 0
             return  # the response went out early; the rest of the body is not wanted
         try:
             result = ex.delegate.data_received(data)
         except httputil.HTTPInputError as exc:
+            ex.body = None
             ex.error = (400, str(exc))
             return
         except Exception:
@@ -663,8 +658,8 @@ class Connection(asyncio.Protocol):
             if not future.done():
                 ex.waiting = future
                 future.add_done_callback(self._body_settled)
-            else:
-                self._settled_ok(future)
+            elif not self._settled_ok(future):
+                ex.body = None
 
     def _body_settled(self, future: "asyncio.Future[Any]") -> None:
         ex = self.current
@@ -756,18 +751,23 @@ class Connection(asyncio.Protocol):
 
     # --- refusing requests ---
 
-    def parse_error(self, exc: httptools.HttpParserError) -> None:
+    def parse_error(self, exc: httptools.HttpParserError,
+                    data: bytes | bytearray | memoryview = b"") -> None:
         """The parser refused the input: the request it was reading gets an error response."""
         context = exc.__context__
-        if isinstance(context, _Reject):
-            error = (context.status, context.detail)
+        if isinstance(context, Reject):
+            self.refuse_parsing(context.status, context.detail)
         elif isinstance(exc, httptools.HttpParserCallbackError) and context is not None:
             app_log.error("HTTP parser callback failed",
                           exc_info=(type(context), context, context.__traceback__))
-            error = (500, "internal error")
+            self.refuse_parsing(500, "internal error")
         else:
-            gen_log.info("Malformed HTTP message from %s: %s", self, exc)
-            error = (400, str(exc) or "malformed request")
+            self.refuse_parsing(400, parsing.describe(exc, data))
+
+    def refuse_parsing(self, status: int, detail: str) -> None:
+        """The request being parsed is refused with this status; nothing more is parsed."""
+        self.method_override = None
+        self.pending = None
         ex = self.parsing
         if ex is None:
             ex = Exchange(self)
@@ -777,7 +777,7 @@ class Connection(asyncio.Protocol):
                 self.queue = [ex]
             else:
                 self.queue.append(ex)
-        ex.error = error
+        ex.error = (status, detail)
         self.parsing = None
         self.discard_input()
 
@@ -787,35 +787,48 @@ class Connection(asyncio.Protocol):
         self.pause_reading()
 
     def fail(self, ex: Exchange) -> None:
-        """Answer the current request with its error status (unless a response started) and close."""
+        """Answer the current request with its error status (unless a response started) and close.
+
+        The refusal is logged as Tornado logs a malformed message (its words where it has them,
+        see parsing.describe), rendered and recorded by the server's RefusalHandler.
+        """
         status, detail = ex.error
         self.server.busy.discard(self)
+        if status == 408:
+            gen_log.info("Timeout reading body from %s", self)
+        elif status == 431:
+            gen_log.info("Unsatisfiable read, closing connection: %s", detail)  # Tornado's words
+        elif status != 500:
+            gen_log.info("Malformed HTTP message from %s: %s", self, detail)
         if not ex.started and self.transport is not None:
             ex.started = True
-            path = ex.start_line[1].partition("?")[0] if ex.start_line else ""
-            self.transport.write(error_response(status, detail, path))
+            self.transport.write(self.server.refuse(self.refusal(ex, status, detail)))
         self.close_transport(linger=True)
+
+    def refusal(self, ex: Exchange, status: int, detail: str) -> Refusal:
+        """What the RefusalHandler is told of a refused request (what of its head is known)."""
+        start_line = ex.start_line
+        if start_line is None:
+            return Refusal(status, detail, remote_ip=self.remote_ip)
+        return Refusal(status, detail, start_line[0], start_line[1], start_line[2], ex.headers,
+                       ex.context.remote_ip)
 
     def reject_too_large(self, ex: Exchange) -> None:
         """413 from the head, before reading the body (the client may be waiting for 100 Continue)."""
-        limit = self.server.max_body_size
-        message = too_large_message(ex.length, limit)
-        ex.started = ex.finished = True
-        self.server.busy.discard(self)
-        self.transport.write(error_response(413, message, ex.start_line[1].partition("?")[0]))
-        self.close_transport(linger=True)
+        violation = rules.too_large(ex.length, ex.body_limit())
+        ex.error = (violation.status, violation.detail)
+        ex.finished = True
+        self.fail(ex)
 
     def timed_out(self, reading_body: bool) -> None:
         """The idle/head timer or the body timer ran out."""
         if self.closing:
             return
         ex = self.current
-        if reading_body:
-            gen_log.info("Timeout reading body from %s", self)
-            if ex is not None:
-                ex.error = (408, "the request body did not arrive in time")
-                self.fail(ex)
-                return
+        if reading_body and ex is not None:
+            ex.error = (408, "the request body did not arrive in time")
+            self.fail(ex)
+            return
         self.close_transport()
 
     # --- flow control ---
@@ -925,8 +938,42 @@ class Connection(asyncio.Protocol):
 
     @property
     def socket(self) -> Any:
-        """The transport's socket."""
-        return self.transport.get_extra_info("socket") if self.transport is not None else None
+        """The transport's socket (with getpeercert() over TLS, as an SSLSocket has)."""
+        transport = self.transport
+        if transport is None:
+            return None
+        sock = transport.get_extra_info("socket")
+        ssl_object = transport.get_extra_info("ssl_object")
+        return sock if ssl_object is None else TLSSocket(sock, ssl_object)
+
+    def write(self, data: bytes | memoryview) -> "asyncio.Future[None]":
+        """Write raw bytes (``request.connection.stream.write``): no HTTP framing is added.
+
+        The application then answers by itself; the future resolves as any write's does.
+        """
+        if self.closing or self.transport is None:
+            raise StreamClosedError()
+        if self.current is not None:
+            self.current.started = True  # no refusal may be written over it
+        self.transport.write(data)
+        return self.write_future()
 
     def set_nodelay(self, value: bool) -> None:
         """asyncio and uvloop set TCP_NODELAY already; kept for interface compatibility."""
+
+
+class TLSSocket:
+    """A TLS connection's socket as Tornado code uses it: the socket, plus getpeercert()."""
+
+    __slots__ = ("_sock", "_ssl")
+
+    def __init__(self, sock: Any, ssl_object: Any) -> None:
+        self._sock = sock
+        self._ssl = ssl_object
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The client's certificate (None without one), as ssl.SSLSocket.getpeercert."""
+        return self._ssl.getpeercert(binary_form)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)

@@ -14,21 +14,56 @@ log = logging.getLogger("server.http")
 REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals are logged at most this often (an attack must not flood the log)
 
 
+class RateLimitedLog:
+    """Lines of one kind logged at most once per interval, each saying how many it stands for.
+
+    For events a client can cause at will (refused connections, failed TLS handshakes): an
+    attack must not flood the log, yet the first one is logged at once.
+    """
+
+    __slots__ = ("logger", "level", "interval", "count", "_logged_at", "_unlogged")
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
+                 interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self.count = 0  # events since start
+        self._logged_at = -interval
+        self._unlogged = 0
+
+    def log(self, message: str, *args: object) -> None:
+        """Count one event; log it unless a line went out less than an interval ago."""
+        self.count += 1
+        self._unlogged += 1
+        now = monotonic()
+        if now - self._logged_at < self.interval:
+            return
+        if self._unlogged > 1:
+            message += f" ({self._unlogged} like it since the last such line)"
+        self.logger.log(self.level, message, *args)
+        self._logged_at = now
+        self._unlogged = 0
+
+
 class ConnectionCap:
     """--max-connections: whether a new connection fits, and how many were refused.
 
     A refused connection is closed right after accept, before anything is read from it, so
     connections already open (and the requests in flight on them) are never touched. Refusals
-    are counted for /metrics and logged at most once a second, with the count since the last line.
+    are counted for /metrics and logged at most once a second.
     """
 
-    __slots__ = ("limit", "refused", "_logged_at", "_unlogged")
+    __slots__ = ("limit", "_log")
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit or 0  # 0: no cap
-        self.refused = 0
-        self._logged_at = -REFUSAL_LOG_INTERVAL
-        self._unlogged = 0
+        self._log = RateLimitedLog(log)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused since start."""
+        return self._log.count
 
     def full(self, open_connections: int) -> bool:
         """True when one more connection would go over the cap."""
@@ -36,14 +71,8 @@ class ConnectionCap:
 
     def refuse(self) -> None:
         """Count one refused connection (and log, at most once a second)."""
-        self.refused += 1
-        self._unlogged += 1
-        now = monotonic()
-        if now - self._logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning("--max-connections %d reached: refused %d new connection(s) "
-                        "(%d since start)", self.limit, self._unlogged, self.refused)
-            self._logged_at = now
-            self._unlogged = 0
+        self._log.log("--max-connections %d reached: refused a new connection (%d since start)",
+                      self.limit, self._log.count + 1)
 
 
 def sweep_period(*timeouts: float | None) -> float:

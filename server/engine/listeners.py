@@ -44,9 +44,10 @@ class Listeners:
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, sockets: list[socket.socket], serve: Serve) -> None:
+    def add(self, sockets: list[socket.socket], serve: Serve,
+            loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Serve every socket with serve(sock, backlog), keeping the backlog it was bound with."""
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         for sock in sockets:
             self._pending.add(sock)
             task = loop.create_task(self._listen(sock, serve))

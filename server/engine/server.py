@@ -1,4 +1,4 @@
-"""FastHTTPServer: listeners, timeouts, limits and graceful drain for the fast engine's connections."""
+"""FastHTTPServer: a drop-in tornado.httpserver.HTTPServer on asyncio protocols and llhttp."""
 from __future__ import annotations
 
 import asyncio
@@ -6,66 +6,163 @@ import logging
 import socket
 import ssl
 from time import monotonic
-from typing import Any, Callable
+from typing import Any
 
 from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.netutil import ssl_options_to_context
+from tornado.tcpserver import TCPServer
 
-from .connection import Connection, ParserSink
-from .limits import ConnectionCap, reset_on_close, sweep_period
+from ..refusals import Refusal, RefusalHandler
+from .connection import Connection, Exchange
+from .parsing import ParserSink
+from .delegates import CallableDelegate, GzipDelegate
+from .limits import ConnectionCap, RateLimitedLog, reset_on_close, sweep_period
 from .listeners import Listeners
 
 log = logging.getLogger("server.http")
 
-TORNADO_IDLE_TIMEOUT = 3600.0  # what Tornado's HTTPServer uses when idle_connection_timeout is unset
-DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # Tornado's default (its max_buffer_size)
-CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
+class EarlyInput(asyncio.Protocol):
+    """The protocol of a TLS connection from its handshake until its Connection takes over.
 
-
-def _callable_starter(callback: Callable[[httputil.HTTPServerRequest], None]) -> Callable[..., Any]:
-    from tornado.httpserver import _CallableAdapter
-
-    def start(server_conn: object,
-              request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        """A delegate that calls the plain callable with the whole request."""
-        return _CallableAdapter(callback, request_conn)
-    return start
-
-
-class FastHTTPServer:
-    """An HTTP/1.1 server for a Tornado Application on asyncio protocols and the llhttp parser.
-
-    It offers what the rest of the server uses of DrainingHTTPServer: add_sockets, stop,
-    drain, close_all_connections, connection_count, busy, draining and request_callback.
-    A connection is busy from the moment its request head is complete until its response is
-    finished (or it closes). Idle and head timeouts share one timer (idle_connection_timeout),
-    like Tornado's; body_timeout bounds how long a request body may take to arrive. Against slow
-    clients, header_timeout bounds a request head from its first byte (from accept for the first
-    request), send_timeout cuts a connection whose buffered output makes no progress, and
-    max_connections closes new connections at once while that many are open.
+    start_tls hands over application data as soon as the handshake is done, possibly before it
+    returns: what arrives meanwhile is kept here and given to the Connection.
     """
 
-    def __init__(self, request_callback: Any, *, idle_connection_timeout: float | None = None,
-                 body_timeout: float | None = None, max_header_size: int | None = None,
-                 max_body_size: int | None = None, decompress_request: bool = False,
-                 protocol: str | None = None, ssl_options: ssl.SSLContext | None = None,
-                 header_timeout: float | None = None, send_timeout: float | None = None,
-                 max_connections: int | None = None) -> None:
+    __slots__ = ("data", "lost")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+class TLSHandshake(asyncio.Protocol):
+    """The protocol of an accepted TLS connection until loop.start_tls takes it over.
+
+    The client's first bytes (its ClientHello) may be read before start_tls installs its TLS
+    protocol (uvloop reads as soon as it accepts, pause_reading or not): they are kept here and
+    handed to that protocol right after its connection_made, before any later read.
+    """
+
+    __slots__ = ("server", "transport", "hello")
+
+    def __init__(self, server: "FastHTTPServer") -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.hello: bytearray | None = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        if server.cap.full(len(server._connections) + len(server._handshakes)):
+            server.cap.refuse()
+            transport.abort()
+            return
+        self.transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        loop = server.loop
+        assert loop is not None
+        task = loop.create_task(server.handshake(transport, transport.get_extra_info("peername")))  # type: ignore[arg-type]
+        server._handshakes.add(task)
+        task.add_done_callback(server._handshakes.discard)
+        # the task's first step runs start_tls, which schedules its protocol's connection_made;
+        # a callback scheduled from a callback queued after that step runs right after it
+        loop.call_soon(loop.call_soon, self.hand_over)
+
+    def data_received(self, data: bytes) -> None:
+        if self.hello is not None:
+            self.hello += data
+
+    def hand_over(self) -> None:
+        """Give what was read before start_tls to the TLS protocol now reading the connection."""
+        hello, self.hello = self.hello, None
+        transport = self.transport
+        if not hello or transport is None or transport.is_closing():
+            return
+        protocol = transport.get_protocol()
+        if protocol is self:
+            return
+        if hasattr(protocol, "buffer_updated"):  # asyncio's and uvloop's SSLProtocol
+            view = memoryview(bytes(hello))
+            while view:
+                buffer = protocol.get_buffer(len(view))
+                size = min(len(buffer), len(view))
+                buffer[:size] = view[:size]
+                protocol.buffer_updated(size)
+                view = view[size:]
+        else:
+            protocol.data_received(bytes(hello))
+
+
+# Tornado's defaults for what HTTPServer(...) leaves unset
+TORNADO_IDLE_TIMEOUT = 3600.0  # idle_connection_timeout
+DEFAULT_MAX_BODY_SIZE = 100 * 1024**2  # max_body_size (IOStream's max_buffer_size)
+DEFAULT_CHUNK_SIZE = 64 * 1024  # chunk_size: the largest piece data_received gets
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+CLOSE_WAIT_SECONDS = 5.0  # close_all_connections waits this long for transports to report closed
+TLS_HANDSHAKE_TIMEOUT = 60.0  # at most; never longer than idle_connection_timeout
+
+
+class FastHTTPServer(HTTPServer):
+    """tornado.httpserver.HTTPServer served by asyncio protocols and the llhttp parser.
+
+    ``FastHTTPServer(app, **options)`` takes every option of Tornado's HTTPServer (no_keep_alive,
+    xheaders, ssl_options as an SSLContext or a dict, protocol, decompress_request, chunk_size,
+    max_header_size, idle_connection_timeout, body_timeout, max_body_size, max_buffer_size,
+    trusted_downstream) and is a Tornado ``HTTPServer`` (``listen``, ``bind``/``start``,
+    ``add_sockets``, ``stop``, ``close_all_connections``), so ``python -m tornado.test.runtests
+    --httpserver=server.engine.FastHTTPServer`` runs Tornado's own suite on it. Beyond Tornado:
+
+    - header_timeout bounds a request head from its first byte (from accept for the first
+      request), send_timeout cuts a connection whose buffered output makes no progress, and
+      max_connections closes new connections at once while that many are open;
+    - ``drain(timeout, idle_grace)`` stops accepting and lets requests in flight finish;
+      ``connection_count``, ``busy`` (connections from a complete request head until the
+      response is out) and ``draining`` tell the launcher where it stands;
+    - refusals (requests the server answers itself: malformed, too large, too slow) go through
+      ``refusals`` (a RefusalHandler: renders the response, may log it).
+    """
+
+    def initialize(self, request_callback: Any, no_keep_alive: bool = False,  # type: ignore[override]
+                   xheaders: bool = False, ssl_options: dict[str, Any] | ssl.SSLContext | None = None,
+                   protocol: str | None = None, decompress_request: bool = False,
+                   chunk_size: int | None = None, max_header_size: int | None = None,
+                   idle_connection_timeout: float | None = None, body_timeout: float | None = None,
+                   max_body_size: int | None = None, max_buffer_size: int | None = None,
+                   trusted_downstream: list[str] | None = None, *,
+                   header_timeout: float | None = None, send_timeout: float | None = None,
+                   max_connections: int | None = None,
+                   refusals: RefusalHandler | None = None) -> None:
+        # TCPServer's own checks of ssl_options (a dict must name an existing certfile, ...)
+        TCPServer.__init__(self, ssl_options=ssl_options, max_buffer_size=max_buffer_size,
+                           read_chunk_size=chunk_size)
         self.request_callback = request_callback
-        self.ssl_context = ssl_options  # HTTPS: asyncio's TLS transport under each connection
+        self.ssl_context = (None if ssl_options is None
+                            else ssl_options_to_context(ssl_options, server_side=True))
         self.idle_timeout = idle_connection_timeout or TORNADO_IDLE_TIMEOUT
         self.body_timeout = body_timeout or None
         self.header_timeout = header_timeout or None
         # without one, a close with unsent output still ends after idle_timeout without progress
         self.send_timeout = send_timeout or self.idle_timeout
         self.cap = ConnectionCap(max_connections)
-        self.max_header_size = max_header_size or 65536
-        self.max_body_size = max_body_size or DEFAULT_MAX_BODY_SIZE
+        self.max_header_size = max_header_size or DEFAULT_MAX_HEADER_SIZE
+        self.max_body_size = max_body_size or max_buffer_size or DEFAULT_MAX_BODY_SIZE
+        self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         self.protocol = protocol or ("https" if ssl_options is not None else "http")
+        self.no_keep_alive = no_keep_alive
+        self.xheaders = xheaders
+        self.trusted_downstream = set(trusted_downstream or ())
         self.decompress = decompress_request
+        self.refusals = refusals or RefusalHandler()
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
             self._start = request_callback.start_request
         else:
-            self._start = _callable_starter(request_callback)
+            self._start = CallableDelegate.starter(request_callback)
         if not decompress_request:
             self.start_request = self._start  # type: ignore[method-assign]  # skip a call per request
         self.busy: set[Connection] = set()
@@ -73,8 +170,11 @@ class FastHTTPServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         # the already-resolved future every uncongested write returns
         self.done: asyncio.Future[None] | None = None
-        self._connections: set[Connection] = set()
+        self._connections: set[Connection] = set()  # type: ignore[assignment]
         self._detached: set[Connection] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        # failed TLS handshakes, logged where and as Tornado's SSLIOStream logs them
+        self.tls_errors = RateLimitedLog(logging.getLogger("tornado.general"))
         # connections waiting for a request head -> deadline; insertion order is deadline order
         # (one timeout for all), so the sweep stops at the first one still in time
         self.waiting_head: dict[Connection, float] = {}
@@ -84,10 +184,12 @@ class FastHTTPServer:
         self.head_deadline: dict[Connection, tuple[float, int]] = {}
         # connections with output stuck in the transport -> (bytes buffered, deadline)
         self.sending: dict[Connection, tuple[int, float]] = {}
-        self.sink = ParserSink(self)
+        self.sink = ParserSink(self, Exchange)
         self._tick = sweep_period(self.idle_timeout, self.body_timeout, self.header_timeout,
                                   self.send_timeout)
         self._sweeper: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._lifetime: asyncio.Task[None] | None = None
         self.listeners = Listeners()
 
     # --- what the rest of the server uses ---
@@ -102,15 +204,24 @@ class FastHTTPServer:
         """Connections closed right after accept because --max-connections were open."""
         return self.cap.refused
 
-    def add_sockets(self, sockets: list[socket.socket]) -> None:
-        """Serve on already-bound listening sockets (their listen backlog is kept)."""
-        loop = asyncio.get_running_loop()
+    def add_sockets(self, sockets: Any) -> None:
+        """Serve on already-bound listening sockets (their listen backlog is kept).
+
+        Like Tornado's, this may be called before the event loop runs (the current IOLoop's
+        loop then serves them once it does).
+        """
+        from tornado.ioloop import IOLoop
+        loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._bind(loop)
-        self.listeners.add(sockets, self._serve)
+        self.listeners.add(list(sockets), self._serve, loop)
 
     def stop(self) -> None:
         """Stop accepting: close the listening sockets, so new connections are refused."""
         self.listeners.stop()
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        """Not used: connections arrive as asyncio protocols, not IOStreams."""
+        raise NotImplementedError("FastHTTPServer serves asyncio protocols, not IOStreams")
 
     async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
         """Stop accepting, let requests in flight finish (up to timeout), then close everything.
@@ -142,6 +253,8 @@ class FastHTTPServer:
 
     async def close_all_connections(self) -> None:
         """Close every connection now (requests in flight and WebSockets included) and wait."""
+        for task in list(self._handshakes):
+            task.cancel()
         for conn in [*self._connections, *self._detached]:
             transport = conn.transport
             if transport is None:
@@ -151,11 +264,15 @@ class FastHTTPServer:
             else:
                 conn.close_transport()
         deadline = monotonic() + CLOSE_WAIT_SECONDS
-        while (self._connections or self._detached) and monotonic() < deadline:
+        while ((self._connections or self._detached or self._handshakes)
+               and monotonic() < deadline):
             await asyncio.sleep(0.005)
-        if self.listeners.stopped and self._sweeper is not None and not self._connections:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self.listeners.stopped and not self._connections:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)  # the lifetime task ends: nothing is left open
 
     # --- listening ---
 
@@ -165,28 +282,75 @@ class FastHTTPServer:
         self.loop = loop
         self.done = loop.create_future()
         self.done.set_result(None)
+        self._closed = loop.create_future()
+        self._lifetime = loop.create_task(self._live(self._closed))
         self._schedule_sweep()
 
+    async def _live(self, closed: "asyncio.Future[None]") -> None:
+        """A task that lasts while the server may have sockets open.
+
+        A server that is never stopped still must not outlive its event loop with open sockets
+        (uvloop's close() hangs on a handle left open when warnings are errors, and asyncio warns
+        about each): when the loop's remaining tasks are cancelled at the end (asyncio.run, a
+        test's teardown), this one closes the listeners and aborts every connection.
+        """
+        try:
+            await closed
+        except asyncio.CancelledError:
+            self.listeners.stop()
+            for task in list(self._handshakes):
+                task.cancel()
+            for conn in [*self._connections, *self._detached]:
+                conn.abort()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+            raise
+
     async def _serve(self, sock: socket.socket, backlog: int) -> asyncio.AbstractServer:
-        tls: dict[str, Any] = {}
-        if self.ssl_context is not None:
-            # a client that never finishes its handshake is held no longer than an idle one
-            tls = dict(ssl=self.ssl_context, ssl_handshake_timeout=min(self.idle_timeout, 60.0))
-        return await self.loop.create_server(self._new_connection, sock=sock, backlog=backlog,
-                                             start_serving=False, **tls)
+        factory = self._new_connection if self.ssl_context is None else self._new_tls_connection
+        return await self.loop.create_server(factory, sock=sock, backlog=backlog,  # type: ignore[union-attr]
+                                             start_serving=False)
 
     def _new_connection(self) -> Connection:
         return Connection(self)
 
-    # --- bookkeeping the connections report ---
+    def _new_tls_connection(self) -> asyncio.Protocol:
+        return TLSHandshake(self)
+
+    async def handshake(self, raw: asyncio.Transport, address: Any) -> None:
+        """TLS for an accepted connection (loop.start_tls), then serve it as any other.
+
+        A failed handshake is logged like Tornado's ("SSL Error on ..."), at most once a second
+        with a count; asyncio's own TLS server would drop it without a word. A client that never
+        finishes its handshake is held no longer than an idle one (at most 60 s).
+        """
+        early = EarlyInput()
+        try:
+            transport = await self.loop.start_tls(  # type: ignore[union-attr]
+                raw, early, self.ssl_context, server_side=True,
+                ssl_handshake_timeout=min(self.idle_timeout, TLS_HANDSHAKE_TIMEOUT))
+        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
+            sock = raw.get_extra_info("socket")
+            self.tls_errors.log("SSL Error on %s %s: %s", sock.fileno() if sock else -1, address,
+                                exc or "handshake timed out")
+            raw.abort()
+            return
+        if early.lost:
+            return
+        conn = Connection(self)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if early.data:
+            conn.data_received(bytes(early.data))  # what arrived before start_tls returned
 
     def start_request(self, conn: Connection, exchange: Any) -> httputil.HTTPMessageDelegate:
         """A new message delegate of the application for one request (gunzipping if asked)."""
-        delegate = self._start(conn, exchange)
-        if self.decompress:
-            from tornado.http1connection import _GzipMessageDelegate
-            delegate = _GzipMessageDelegate(delegate, 65536, exchange.body_limit())
-        return delegate
+        return GzipDelegate(self._start(conn, exchange), exchange)
+
+    def refuse(self, refusal: Refusal) -> bytes:
+        """The complete response for a request the server refuses itself (and log it)."""
+        return self.refusals.respond(refusal)
 
     def connection_made(self, conn: Connection) -> None:
         """A client connected: it has idle_timeout (and header_timeout) to send a request head.
