@@ -1,11 +1,11 @@
-# make run · make test · make soak · make bench · make lint — each works as the first command on a fresh clone.
+# make run · make test · make soak · make bench · make lint · make tornado-suite — each works as the first command on a fresh clone.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PORT   ?= 8888
 ARGS   ?=
 
-.PHONY: run test soak bench lint venv clean system-deps
+.PHONY: run test soak bench lint venv clean system-deps tornado-suite
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: .make-test.stamp
 # The hardening tests plus the long bounded soak/fault tests; rewrites RELIABILITY.md.
 soak: .make-test.stamp
 	$(PY) -m pytest tests -m "hardening or soak" --reliability-report=RELIABILITY.md $(ARGS)
+
+# Tornado's own test suite on the fast engine (also part of make test); rewrites docs/tornado-suite.md.
+tornado-suite: .make-test.stamp
+	mkdir -p artifacts
+	$(PY) tests/tornado_suite.py --loop asyncio --json artifacts/tornado-suite-asyncio.json
+	$(PY) tests/tornado_suite.py --loop uvloop --json artifacts/tornado-suite-uvloop.json
+	$(PY) tests/tornado_suite.py --table docs/tornado-suite.md \
+	  --results asyncio=artifacts/tornado-suite-asyncio.json uvloop=artifacts/tornado-suite-uvloop.json
 
 bench: .make-test.stamp
 	$(PY) -m bench.suite $(ARGS)
