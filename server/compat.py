@@ -18,3 +18,12 @@ def release_transport(transport: Any) -> None:
     """
     if getattr(transport, "_read_ready_cb", None) is not None:
         transport._read_ready_cb = None
+
+
+def http1_max_body_size(connection: Any) -> int:
+    """The body limit of a request on Tornado's HTTP1Connection (its set_max_body_size included).
+
+    Tornado keeps it in ``_max_body_size`` and offers no getter; the tornado engine needs it to
+    answer 413 from the head only when a handler's prepare() did not raise the limit.
+    """
+    return connection._max_body_size

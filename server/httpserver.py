@@ -12,7 +12,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.log import gen_log
 
-from . import rules
+from . import compat, rules
 from .engine.limits import ConnectionCap, reset_on_close, sweep_period
 from .refusals import Refusal, RefusalHandler
 
@@ -43,19 +43,45 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
             length = rules.request_content_length(headers.get_list("Content-Length"))
             rules.request_transfer_encoding(headers.get_list("Transfer-Encoding"),
                                             start_line.version, length is not None)
-            if length is not None and length > server.max_body_size:
-                raise rules.too_large(length, server.max_body_size)
             if start_line.path[:1] != "/" and start_line.path != "*":
                 host: dict[str, list[str]] = {}
                 path = rules.origin_form(start_line.path, host)
                 headers["Host"] = host["Host"][0]
                 start_line = start_line._replace(path=path)
+            if start_line.version not in ("HTTP/1.1", "HTTP/1.0"):
+                start_line = start_line._replace(
+                    version=rules.http_version(start_line.version.partition("/")[2]))
         except rules.Violation as violation:
-            gen_log.info("Malformed HTTP message from %s: %s", self.request_conn.context,
-                         violation.detail)
-            server.reject(self.request_conn, start_line, headers, violation)
+            self.refuse(start_line, headers, violation)
             return None
-        return self.inner.headers_received(start_line, headers)
+        result = self.inner.headers_received(start_line, headers)
+        if length is None or length <= server.max_body_size:
+            return result
+        # over the server's limit: a @stream_request_body handler's prepare() may have raised it
+        if result is None:
+            self.refuse_if_too_large(length, start_line, headers)
+            return None
+        return self.settle(result, length, start_line, headers)
+
+    async def settle(self, result: Any, length: int, start_line: Any,
+                     headers: httputil.HTTPHeaders) -> None:
+        await result
+        self.refuse_if_too_large(length, start_line, headers)
+
+    def refuse_if_too_large(self, length: int, start_line: Any,
+                            headers: httputil.HTTPHeaders) -> None:
+        """413 from the head unless this request's own limit (set_max_body_size) admits it."""
+        limit = compat.http1_max_body_size(self.request_conn)
+        if length > limit:
+            self.refuse(start_line, headers, rules.too_large(length, limit))
+            self.inner.on_connection_close()  # it saw the head; it will see no body
+
+    def refuse(self, start_line: Any, headers: httputil.HTTPHeaders,
+               violation: rules.Violation) -> None:
+        """Answer the violation ourselves (Tornado's words in the log), then linger and close."""
+        gen_log.info("Malformed HTTP message from %s: %s", self.request_conn.context,
+                     violation.detail)
+        self.server.reject(self.request_conn, start_line, headers, violation)
 
     def data_received(self, chunk: bytes) -> Any:
         return self.inner.data_received(chunk)

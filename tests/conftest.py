@@ -132,6 +132,46 @@ def engine(request):
 
 
 @pytest.fixture
+def tornado_http_server(io_loop, engine):
+    """Serve any Tornado application on the engine under test, built as HTTPServer(app, **options).
+
+    ``await start(app, **options)`` returns the port; the servers stop at the end of the test.
+    """
+    from server.engine import FastHTTPServer
+    from server.httpserver import DrainingHTTPServer
+    servers = []
+
+    async def start(app, **options):
+        """A server on a free loopback port; its port."""
+        server_class = FastHTTPServer if engine == "fast" else DrainingHTTPServer
+        server = server_class(app, **options)
+        sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
+        server.add_sockets([sock])
+        servers.append(server)
+        return sock.getsockname()[1]
+    yield start
+    for server in servers:
+        server.stop()
+        io_loop.run_sync(server.close_all_connections, timeout=10)
+
+
+@pytest.fixture
+def raw_clients(io_loop):
+    """``await raw_clients(port)``: a RawClient (tests/helpers.py), closed at the end of the test."""
+    from helpers import RawClient
+    opened = []
+
+    async def open_client(port):
+        client = await RawClient.connect(port)
+        opened.append(client)
+        return client
+    yield open_client
+    for client in opened:
+        client.close()
+    io_loop.run_sync(lambda: asyncio.sleep(0.01))  # let the transports finish closing
+
+
+@pytest.fixture
 def server_settings(request, tmp_path, engine):
     """Test settings: loopback, one compute worker, 127.0.0.1 fetchable; @pytest.mark.server_settings(...) overrides."""
     marker = request.node.get_closest_marker("server_settings")

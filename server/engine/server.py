@@ -259,7 +259,7 @@ class FastHTTPServer(HTTPServer):
             transport = conn.transport
             if transport is None:
                 continue
-            if transport.get_write_buffer_size():
+            if transport.is_closing() or transport.get_write_buffer_size():
                 conn.abort()
             else:
                 conn.close_transport()

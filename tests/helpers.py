@@ -1,0 +1,127 @@
+"""Helpers the tests share (one module: tests import from here, never from each other)."""
+import asyncio
+import json
+
+class Response:
+    """One parsed response: status, reason, headers (lower-case names) and the decoded body."""
+
+    def __init__(self, status, reason, headers, body, raw_body=b""):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.raw_body = raw_body
+
+    def header(self, name):
+        """The value of a header (None when absent)."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    def json(self):
+        """The body as JSON."""
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+class RawClient:
+    """One client connection: send bytes as they are, read responses one at a time."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port):
+        """Open a connection to the server."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    def send(self, data):
+        """Write bytes exactly as given."""
+        self.writer.write(data)
+
+    async def response(self, method="GET", timeout=5.0):
+        """The next response (1xx ones included), parsed by its framing."""
+        return await asyncio.wait_for(self._response(method), timeout)
+
+    async def _response(self, method):
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise EOFError("connection closed before a response")
+        version, status, reason = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        assert version == "HTTP/1.1", status_line
+        headers = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, value = line.decode("latin-1").split(":", 1)
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+        status = int(status)
+        raw = []
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif headers.get("transfer-encoding") == ["chunked"]:
+            parts = []
+            while True:
+                size_line = await self.reader.readline()
+                raw.append(size_line)
+                size = int(size_line.split(b";")[0], 16)
+                data = await self.reader.readexactly(size + 2)
+                raw.append(data)
+                assert data.endswith(b"\r\n")
+                if size == 0:
+                    break
+                parts.append(data[:-2])
+            body = b"".join(parts)
+        elif "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"][0]))
+        else:
+            body = await self.reader.read()
+        return Response(status, reason, headers, body, b"".join(raw))
+
+    async def closed(self, timeout=5.0):
+        """True when the server closes the connection within timeout (anything still sent is read)."""
+        try:
+            while True:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                if not data:
+                    return True
+        except asyncio.TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    async def rest(self, timeout=5.0):
+        """Everything the server sends until it closes."""
+        chunks = []
+        try:
+            while True:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                if not data:
+                    break
+                chunks.append(data)
+        except (asyncio.TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+    def close(self):
+        """Close the client side."""
+        self.writer.close()
+
+
+def get(path, *extra, version="1.1", method="GET"):
+    """A request head as bytes."""
+    lines = [f"{method} {path} HTTP/{version}", "Host: test", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def wait_for_no_connections(http_server, timeout=5.0):
+    """Wait until the server holds no connection (none leaked); the final count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while http_server.http.connection_count and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return http_server.http.connection_count
