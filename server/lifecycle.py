@@ -366,7 +366,7 @@ def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
     A foreign application is built here, after the fork (its module was imported, and checked,
     by the supervisor before binding); one that fails to build is one line and exit code 2.
     """
-    from .supervisor import READY
+    from .supervisor import CONFIG_ERROR, READY
 
     def announce(line: str) -> None:
         if line.startswith("Serving on"):
@@ -378,7 +378,7 @@ def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
         return run_loop(settings, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
                                         announce, worker=slot.index, app_spec=spec))  # type: ignore[attr-defined]
     except ConfigError as exc:
-        print(f"python -m server: error: {exc}", file=sys.stderr, flush=True)
+        os.write(ready_fd, CONFIG_ERROR + str(exc).encode())  # the supervisor says it, once
         return EXIT_CONFIG
 
 

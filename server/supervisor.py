@@ -27,6 +27,8 @@ from .config import Settings
 log = logging.getLogger("server.supervisor")
 
 READY = b"R"
+CONFIG_ERROR = b"E"  # + the message: a child cannot run with these settings (a bad --app)
+EXIT_CONFIG = 2  # the launcher's exit code for that
 READY_TIMEOUT = 60.0
 CRASH_WINDOW = 60.0
 
@@ -42,6 +44,7 @@ class Slot:
     ready_fd: int | None = None
     restart_at: float | None = None
     retiring: set[int] = field(default_factory=set)  # old pids draining after a roll
+    error: str | None = None  # what its child reported instead of being ready
 
 
 class Supervisor:
@@ -104,7 +107,10 @@ class Supervisor:
             while time.monotonic() < deadline:
                 readable, _, _ = select.select([fd], [], [], 0.1)
                 if readable:
-                    return os.read(fd, 1) == READY
+                    said = os.read(fd, 4096)
+                    if said.startswith(CONFIG_ERROR):
+                        slot.error = said[len(CONFIG_ERROR):].decode(errors="replace")
+                    return said == READY
             return False
         finally:
             os.close(fd)
@@ -201,8 +207,11 @@ class Supervisor:
                 self.spawn(slot)
             for slot in self.slots:
                 if not self.wait_ready(slot):
-                    log.error("child for slot %d did not start", slot.index)
                     self.stop_children(signal.SIGKILL)
+                    if slot.error is not None:  # every child would say it: said once
+                        print(f"python -m server: error: {slot.error}", file=sys.stderr, flush=True)
+                        return EXIT_CONFIG
+                    log.error("child for slot %d did not start", slot.index)
                     return 1
             if self.tcp_port is not None:
                 announce(f"TCP greeting service on {self.settings.address}:{self.tcp_port}")

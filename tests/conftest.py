@@ -155,6 +155,13 @@ def tornado_http_server(io_loop, engine):
         io_loop.run_sync(server.close_all_connections, timeout=10)
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """(certificate, key) paths, made once for the module."""
+    from helpers import make_certificate
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture
 def raw_clients(io_loop):
     """``await raw_clients(port)``: a RawClient (tests/helpers.py), closed at the end of the test."""

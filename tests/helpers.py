@@ -1,6 +1,8 @@
 """Helpers the tests share (one module: tests import from here, never from each other)."""
 import asyncio
 import json
+import shutil
+import subprocess
 
 class Response:
     """One parsed response: status, reason, headers (lower-case names) and the decoded body."""
@@ -125,3 +127,14 @@ async def wait_for_no_connections(http_server, timeout=5.0):
     while http_server.http.connection_count and loop.time() < deadline:
         await asyncio.sleep(0.02)
     return http_server.http.connection_count
+
+
+def make_certificate(directory, name="server"):
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1 and its key (openssl CLI)."""
+    assert shutil.which("openssl") is not None, "openssl is needed (apt-get install openssl)"
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key

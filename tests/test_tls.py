@@ -13,25 +13,9 @@ import tornado.httpclient
 import tornado.websocket
 
 from conftest import PROJECT_ROOT, raw_http, require
+from helpers import make_certificate
 
 pytestmark = pytest.mark.hardening
-
-
-def make_certificate(directory, name="server"):
-    """A self-signed certificate for localhost, 127.0.0.1 and ::1 and its key (openssl CLI)."""
-    require(shutil.which("openssl") is not None, "openssl (apt-get install openssl)")
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """(certificate, key) paths, made once for the module."""
-    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
