@@ -5,7 +5,10 @@ setup.cfg allows, and each function says which versions need it.
 """
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Callable
+
+from tornado import httputil, iostream
 
 
 def release_transport(transport: Any) -> None:
@@ -27,3 +30,62 @@ def http1_max_body_size(connection: Any) -> int:
     answer 413 from the head only when a handler's prepare() did not raise the limit.
     """
     return connection._max_body_size
+
+
+# what Tornado's HTTP1Connection writes for a request it finds malformed (_read_message), and all
+# it writes: no Content-Type, no body, nothing for a log to see
+TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def answer_bad_requests(stream: Any, answer: Callable[[Any, int], bytes],
+                        classes: dict[type, type]) -> None:
+    """Make Tornado's own refusals on this IOStream ``answer(stream, status)`` instead.
+
+    The tornado engine's own refusals go through its RefusalHandler; the requests Tornado's
+    HTTP1Connection refuses itself are only visible as a bare 400 (a malformed request line or
+    header, a bad Host) or as a silent close (a head over max_header_size: the IOStream's
+    UnsatisfiableReadError on the head's regex). Both become rendered, recorded responses (400,
+    431). The stream's class becomes a subclass doing that (one per IOStream class, kept in the
+    caller's ``classes``): no per-connection memory, one bytes comparison per write.
+    """
+    base = type(stream)
+    cls = classes.get(base)
+    if cls is None:
+        def write(self: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            if data == TORNADO_BAD_REQUEST:
+                data = answer(self, 400)
+            return base.write(self, data, *args, **kwargs)
+
+        def close(self: Any, exc_info: Any = False) -> None:
+            error = sys.exc_info()[1] if exc_info is True else exc_info
+            if (isinstance(error, iostream.UnsatisfiableReadError) and not self.closed()
+                    and self._read_regex is not None and not self.writing()):
+                # the head (read by regex; a chunk-size line is read by delimiter) is too large
+                try:
+                    self.socket.send(answer(self, 431))  # small, and nothing else is queued
+                except OSError:
+                    pass
+            base.close(self, exc_info)
+        cls = classes[base] = type(base.__name__, (base,), {"write": write, "close": close})
+    stream.__class__ = cls
+
+
+def validate_response_framing(request_conn: Any, problem: Callable[[dict[str, list[str]]], str | None]) -> None:
+    """Make this HTTP1Connection refuse a response whose framing headers ``problem()`` rejects.
+
+    Tornado's write_headers checks Content-Length (since 6.5) but sends Content-Length together
+    with Transfer-Encoding (RFC 9112 6.2: a sender MUST NOT). The refused response is not sent;
+    the connection closes, as on the fast engine. An instance attribute: one per request.
+    """
+    write_headers = request_conn.write_headers
+
+    def checked(start_line: Any, headers: Any, chunk: Any = None) -> Any:
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+            reason = problem({name: headers.get_list(name) for name in
+                              ("Content-Length", "Transfer-Encoding") if name in headers})
+            if reason:
+                request_conn.stream.close()
+                raise httputil.HTTPOutputError(reason)
+        return write_headers(start_line, headers, chunk)
+
+    request_conn.write_headers = checked

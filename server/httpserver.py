@@ -106,6 +106,7 @@ class DrainingHTTPServer(HTTPServer):
                    refusals: RefusalHandler | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.refusals = refusals or RefusalHandler()
+        self._stream_classes: dict[type, type] = {}  # IOStream classes answering bad requests
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
         self.busy: set[HTTP1ServerConnection] = set()
         self.idle_since: dict[HTTP1ServerConnection, float] = {}
@@ -139,9 +140,20 @@ class DrainingHTTPServer(HTTPServer):
             self.cap.refuse()
             stream.close()
             return
+        compat.answer_bad_requests(stream, self._bad_request, self._stream_classes)
         super().handle_stream(stream, address)
         if self._sweeper is None and (self.header_timeout or self.send_timeout):
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def _bad_request(self, stream: iostream.IOStream, status: int) -> bytes:
+        """Tornado refused a request (its log line says why): our response, recorded."""
+        try:
+            remote_ip = stream.socket.getpeername()[0]
+        except (OSError, AttributeError, IndexError):
+            remote_ip = "-"
+        detail = (f"Request header fields larger than {self.conn_params.max_header_size} bytes" if status == 431
+                  else "Malformed HTTP request (refused by Tornado's HTTP1Connection)")
+        return self.refusals.respond(Refusal(status, detail, remote_ip=remote_ip))
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
         # called when a connection is ready for its next request: it is idle from now on
@@ -150,6 +162,7 @@ class DrainingHTTPServer(HTTPServer):
             # a new connection: its first head is due header_timeout after accept
             self.head_deadline[server_conn] = time.monotonic() + self.header_timeout  # type: ignore[index]
         self.idle_since[server_conn] = time.monotonic()  # type: ignore[index]
+        compat.validate_response_framing(request_conn, rules.response_framing_problem)
         inner = super().start_request(server_conn, request_conn)
         return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
 
