@@ -344,10 +344,12 @@ def run(settings: Settings) -> int:
     if settings.app is not None:
         # a module that is missing or broken, or a wrong attribute: exit 2 before any socket
         spec = appspec.resolve(settings.app, settings.app_dir)
-    elif settings.cookie_secret is None:
-        # before any fork: workers then read one finished file, and a bad one is exit code 2
-        load_or_create_secret(settings.secret_file, create_directory=settings.cookie_secret_file is None)
+    own_secret = spec is None and settings.cookie_secret is None
     if settings.processes > 1:
+        if own_secret:
+            # before any fork: workers then read one finished file, and a bad one is exit code 2
+            load_or_create_secret(settings.secret_file,
+                                  create_directory=settings.cookie_secret_file is None)
         from .supervisor import run_supervised
         return run_supervised(settings, run_child, bind)
 
@@ -356,7 +358,15 @@ def run(settings: Settings) -> int:
 
     if spec is not None:
         return run_loop(settings, serve(settings, None, None, announce, app_spec=spec))
-    http_sockets, tcp_sockets = bind_all(settings)
+    http_sockets, tcp_sockets = bind_all(settings)  # a busy port is exit 2 with nothing written
+    if own_secret:
+        try:
+            load_or_create_secret(settings.secret_file,
+                                  create_directory=settings.cookie_secret_file is None)
+        except BaseException:
+            for sock in http_sockets + (tcp_sockets or []):
+                sock.close()
+            raise
     return run_loop(settings, serve(settings, http_sockets, tcp_sockets, announce))
 
 
