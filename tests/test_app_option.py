@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -78,6 +79,30 @@ def test_a_streaming_upload_app(live_server_factory, engine, tmp_path):
     assert '"PUT /upload/big.bin HTTP/1.1" 200 ' in log
     assert '"POST /form HTTP/1.1" 413 ' in log
     assert '"POST /form HTTP/1.1" 200 15 ' in log
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tornados_hello_world_answers_as_under_app_listen(live_server_factory, engine):
+    """The README's comparison app: the same answer from app.listen() and from --app."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused_port = probe.getsockname()[1]
+    listen = subprocess.Popen([sys.executable, os.path.join(APPS, "hello.py"), str(unused_port)])
+    try:
+        for _ in range(100):
+            try:
+                own = fetch(f"http://127.0.0.1:{unused_port}/")
+                break
+            except OSError:
+                time.sleep(0.1)
+        server = live_server_factory(*app_args("hello:make_app", "--engine", engine))
+        ours = fetch(server.url + "/")
+    finally:
+        listen.terminate()
+        listen.wait(10)
+    assert own[0] == ours[0] == 200
+    assert own[2] == ours[2] == b"Hello, world"
+    assert own[1]["Content-Type"] == ours[1]["Content-Type"]
 
 
 @pytest.mark.parametrize("spec", ["upload:make_app", "upload:make_app_async", "upload:lifespan"])
