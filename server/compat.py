@@ -9,6 +9,9 @@ import sys
 from typing import Any, Callable
 
 from tornado import httputil, iostream
+from tornado.http1connection import HTTP1Connection
+
+from . import rules
 
 
 def release_transport(transport: Any) -> None:
@@ -70,22 +73,27 @@ def answer_bad_requests(stream: Any, answer: Callable[[Any, int], bytes],
     stream.__class__ = cls
 
 
-def validate_response_framing(request_conn: Any, problem: Callable[[dict[str, list[str]]], str | None]) -> None:
-    """Make this HTTP1Connection refuse a response whose framing headers ``problem()`` rejects.
+class _FramedHTTP1Connection(HTTP1Connection):
+    """Tornado's HTTP1Connection refusing a response that rules.response_framing_problem rejects."""
+
+    def write_headers(self, start_line: Any, headers: Any, chunk: Any = None) -> Any:
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+            reason = rules.response_framing_problem(
+                {name: headers.get_list(name) for name in ("Content-Length", "Transfer-Encoding")
+                 if name in headers})
+            if reason:
+                self.stream.close()
+                raise httputil.HTTPOutputError(reason)
+        return super().write_headers(start_line, headers, chunk)
+
+
+def validate_response_framing(request_conn: Any) -> None:
+    """Make this HTTP1Connection refuse a response with framing headers the rules reject.
 
     Tornado's write_headers checks Content-Length (since 6.5) but sends Content-Length together
     with Transfer-Encoding (RFC 9112 6.2: a sender MUST NOT). The refused response is not sent;
-    the connection closes, as on the fast engine. An instance attribute: one per request.
+    the connection closes, as on the fast engine. Tornado makes an HTTP1Connection per request;
+    its class becomes the subclass with the check (nothing allocated per request).
     """
-    write_headers = request_conn.write_headers
-
-    def checked(start_line: Any, headers: Any, chunk: Any = None) -> Any:
-        if "Content-Length" in headers or "Transfer-Encoding" in headers:
-            reason = problem({name: headers.get_list(name) for name in
-                              ("Content-Length", "Transfer-Encoding") if name in headers})
-            if reason:
-                request_conn.stream.close()
-                raise httputil.HTTPOutputError(reason)
-        return write_headers(start_line, headers, chunk)
-
-    request_conn.write_headers = checked
+    if type(request_conn) is HTTP1Connection:
+        request_conn.__class__ = _FramedHTTP1Connection

@@ -151,7 +151,7 @@ class DrainingHTTPServer(HTTPServer):
             remote_ip = stream.socket.getpeername()[0]
         except (OSError, AttributeError, IndexError):
             remote_ip = "-"
-        detail = (f"Request header fields larger than {self.conn_params.max_header_size} bytes" if status == 431
+        detail = (rules.head_too_large(self.conn_params.max_header_size).detail if status == 431
                   else "Malformed HTTP request (refused by Tornado's HTTP1Connection)")
         return self.refusals.respond(Refusal(status, detail, remote_ip=remote_ip))
 
@@ -162,7 +162,7 @@ class DrainingHTTPServer(HTTPServer):
             # a new connection: its first head is due header_timeout after accept
             self.head_deadline[server_conn] = time.monotonic() + self.header_timeout  # type: ignore[index]
         self.idle_since[server_conn] = time.monotonic()  # type: ignore[index]
-        compat.validate_response_framing(request_conn, rules.response_framing_problem)
+        compat.validate_response_framing(request_conn)
         inner = super().start_request(server_conn, request_conn)
         return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
 

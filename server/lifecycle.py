@@ -345,11 +345,13 @@ def run(settings: Settings) -> int:
         # a module that is missing or broken, or a wrong attribute: exit 2 before any socket
         spec = appspec.resolve(settings.app, settings.app_dir)
     own_secret = spec is None and settings.cookie_secret is None
+
+    def ensure_secret() -> None:
+        load_or_create_secret(settings.secret_file, create_directory=settings.cookie_secret_file is None)
+
     if settings.processes > 1:
         if own_secret:
-            # before any fork: workers then read one finished file, and a bad one is exit code 2
-            load_or_create_secret(settings.secret_file,
-                                  create_directory=settings.cookie_secret_file is None)
+            ensure_secret()  # before any fork: workers then read one finished file
         from .supervisor import run_supervised
         return run_supervised(settings, run_child, bind)
 
@@ -361,8 +363,7 @@ def run(settings: Settings) -> int:
     http_sockets, tcp_sockets = bind_all(settings)  # a busy port is exit 2 with nothing written
     if own_secret:
         try:
-            load_or_create_secret(settings.secret_file,
-                                  create_directory=settings.cookie_secret_file is None)
+            ensure_secret()
         except BaseException:
             for sock in http_sockets + (tcp_sockets or []):
                 sock.close()

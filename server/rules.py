@@ -99,6 +99,11 @@ def response_framing_problem(headers: dict[str, list[str]]) -> str | None:
     return None
 
 
+def head_too_large(limit: int) -> Violation:
+    """431 for a request head over max_header_size (both engines)."""
+    return Violation(431, f"request head larger than {limit} bytes")
+
+
 def too_large(length: int, limit: int) -> Violation:
     """413 for a Content-Length over the body limit (Tornado's words first, then the numbers)."""
     return Violation(413, f"Content-Length too long: a body of {length} bytes is larger than the "

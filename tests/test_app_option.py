@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import urllib.request
 
 import pytest
 
+from bench.ports import free_port
 from conftest import PROJECT_ROOT
 
 APPS = str(PROJECT_ROOT / "tests" / "apps")
@@ -84,9 +84,7 @@ def test_a_streaming_upload_app(live_server_factory, engine, tmp_path):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_tornados_hello_world_answers_as_under_app_listen(live_server_factory, engine):
     """The README's comparison app: the same answer from app.listen() and from --app."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        unused_port = probe.getsockname()[1]
+    unused_port = free_port()
     listen = subprocess.Popen([sys.executable, os.path.join(APPS, "hello.py"), str(unused_port)])
     try:
         for _ in range(100):

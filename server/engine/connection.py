@@ -361,7 +361,8 @@ class Connection(asyncio.Protocol):
                 self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
                 limit = self.server.max_header_size
                 if self.head_fed > limit:
-                    ex.error = (431, f"request head larger than {limit} bytes")
+                    violation = rules.head_too_large(limit)
+                    ex.error = (violation.status, violation.detail)
                     self.discard_input()
             else:
                 # the head began somewhere in this read: up to all of it may be the head's

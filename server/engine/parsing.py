@@ -153,7 +153,7 @@ class ParserSink:
             size = len(url) + len(method) + 12 + sum(
                 len(name) + len(value) + 4 for name, values in as_list.items() for value in values)
             if size > limit:
-                raise Reject(431, f"request head larger than {limit} bytes")
+                raise rules.head_too_large(limit)
         if "Transfer-Encoding" in as_list:
             # llhttp has refused it with a Content-Length, and chunked anywhere but last
             ex.chunked = rules.request_transfer_encoding(as_list["Transfer-Encoding"], version,
