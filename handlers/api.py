@@ -8,6 +8,7 @@ import time
 
 from tornado.web import url
 
+from server.rules import whole_number
 from server.services import Invalid, Unavailable
 
 from .base import PublicError, ApiHandler
@@ -81,9 +82,9 @@ class SlowHandler(ApiHandler):
         limit = self.config.slow_max_ms
         if raw is None:
             raise PublicError(422, "ms: required", field="ms")
-        if not raw.isdigit() or int(raw) > limit:
+        requested = whole_number(raw)
+        if requested is None or requested > limit:
             raise PublicError(422, f"ms: must be a whole number from 0 to {limit}", field="ms")
-        requested = int(raw)
         started = time.perf_counter()
         await asyncio.sleep(requested / 1000)
         waited = (time.perf_counter() - started) * 1000
@@ -127,7 +128,8 @@ class FetchHandler(ApiHandler):
                 responses={200: FetchOut,
                            422: "no URLs, more than --outbound-max-urls, or a method other than "
                                 "GET or HEAD",
-                           502: "every URL failed upstream (reset, refused, unresolvable, ...)",
+                           502: "every URL failed upstream (reset, refused, unresolvable, an "
+                                "invalid response, ...)",
                            504: "every URL failed upstream and at least one timed out"})
     async def post(self) -> None:
         body = self.parse_model(FetchIn)
@@ -138,7 +140,8 @@ class FetchHandler(ApiHandler):
             raise PublicError(422, exc.message, field=exc.field) from None
         # network failures of the upstream (our own refusals and bad URLs are not)
         upstream_failures = [r for r in results if r.error is not None and r.error.startswith(
-            ("timeout", "connection ", "cannot resolve", "TLS error", "network error"))]
+            ("timeout", "connection ", "cannot resolve", "TLS error", "network error",
+             "invalid response"))]
         if results and len(upstream_failures) == len(results):
             status = 504 if any(r.error == "timeout" for r in results) else 502
             raise PublicError(status, "upstream failed: " + "; ".join(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -10,6 +11,7 @@ from typing import Any, Mapping, TypeVar
 
 import pydantic
 import tornado.web
+import tornado.websocket
 from tornado import httputil
 
 from server import __version__
@@ -23,6 +25,9 @@ from server.state import ServerState
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
 JSON_TYPES = ("application/json",)
+# a number JSON cannot carry (NaN, Infinity, or one a float overflows on: 1e999, 400 digits)
+# can only be in a body where one of these occurs; such a body is parsed once more to tell
+MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|\d[eE]|\d{309}")
 # an incoming X-Request-ID is echoed only when it is this tame (it ends up in logs)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -250,13 +255,15 @@ class ApiHandler(BaseHandler):
         """The body parsed as any JSON document (400 when it is not valid JSON)."""
         body = self.require_json_body()
         try:
-            return json.loads(body, parse_constant=_refuse_constant)
+            return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             raise PublicError(400, f"malformed JSON: {_json_problem(exc)}") from None
 
     def parse_model(self, model: type[ModelT]) -> ModelT:
         """The body validated against a request model: 400 for bad JSON, 422 naming the field."""
         body = self.require_json_body()
+        if MAYBE_NOT_FINITE.search(body):
+            refuse_not_finite(body)
         try:
             return model.model_validate_json(body)
         except pydantic.ValidationError as exc:
@@ -279,11 +286,43 @@ def validation_error(exc: pydantic.ValidationError) -> PublicError:
     return PublicError(422, f"{field}: {message}", field=field)
 
 
+class NotFinite(ValueError):
+    """A JSON number that is NaN, Infinity or too large for a float (JSON has no such value)."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise NotFinite(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 40 else text[:20] + "…"
+        raise NotFinite(f"the number {shown} is out of range (larger than a float can hold)")
+    return value
+
+
+def refuse_not_finite(body: bytes) -> None:
+    """400 when a JSON body holds NaN, Infinity or a number that overflows (pydantic takes them)."""
+    try:
+        json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float,
+                   parse_int=len)  # integers are the model's business (and may be long)
+    except NotFinite as exc:
+        raise PublicError(400, f"malformed JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        pass  # any other problem is reported by the model's own parser
 
 
 def _json_problem(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "nested too deeply"
     return str(exc)
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
+    """A WebSocket of this server: a client's message is never buffered beyond a named limit."""
+
+    @property
+    def max_message_size(self) -> int:
+        """--live-max-message-size: a bigger message closes the connection with 1009."""
+        return self.config.live_max_message_size

@@ -8,9 +8,10 @@ import tornado.web
 import tornado.websocket
 from tornado.web import url
 
+from server.rules import whole_number
 from server.services import Invalid, NotFound, RateLimited, Unavailable
 
-from .base import ApiHandler, BaseHandler, PageHandler, PublicError
+from .base import ApiHandler, PageHandler, PublicError, WebSocketHandler
 from .openapi import Param, Response, documented
 from .schemas import MessageIn, MessageListOut, MessageOut
 
@@ -20,7 +21,8 @@ def _int_argument(handler: tornado.web.RequestHandler, name: str) -> Any:
     raw = handler.get_query_argument(name, None)
     if raw is None or raw == "":
         return None
-    return int(raw) if raw.isdigit() and len(raw) < 19 else raw
+    number = whole_number(raw)
+    return raw if number is None else number
 
 
 class MessagesHandler(ApiHandler):
@@ -130,9 +132,11 @@ class MessageHandler(ApiHandler):
 
 
 def _message_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    """The id in a message's path; anything but ASCII digits names no message (404)."""
+    message_id = whole_number(text)
+    if message_id is None:
         raise PublicError(404, f"no message {text}")
-    return int(text)
+    return message_id
 
 
 def unavailable(exc: Unavailable) -> PublicError:
@@ -166,8 +170,9 @@ class GuestbookPageHandler(PageHandler):
         before = _int_argument(self, "before")
         try:
             page = await self.services.guestbook.list_messages(None, before)
-        except Invalid:
-            raise tornado.web.HTTPError(404, "There is no such page of messages") from None
+        except Invalid as exc:
+            raise PublicError(422, f"There is no such page of messages ({exc.message}).",
+                              field=exc.field) from None
         except Unavailable:
             raise PublicError(503, "The guestbook cannot be read right now: its database is "
                                    "unavailable. Please try again shortly.",
@@ -177,7 +182,7 @@ class GuestbookPageHandler(PageHandler):
                     before=before, limits=self.services.guestbook)
 
 
-class LiveHandler(tornado.websocket.WebSocketHandler, BaseHandler):
+class LiveHandler(WebSocketHandler):
     """GET /guestbook/live: a WebSocket that pushes every new or deleted message as JSON."""
 
     _unsubscribe = None

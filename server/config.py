@@ -389,6 +389,11 @@ class Settings:
                                  parse_positive_int, "guestbook", "N")
     live_max_clients: int = setting(10_000, "live guestbook connections (WebSockets) at once",
                                     parse_positive_int, "guestbook", "N")
+    live_max_message_size: int = setting(4 * 1024, "largest message a client may send on a "
+                                         "WebSocket (/guestbook/live only listens); a bigger one "
+                                         "closes the connection with 1009 (message too big) "
+                                         "instead of being buffered", parse_size, "guestbook",
+                                         "SIZE")
 
     # TCP greeting service
     tcp_port: int | None = setting(None, "port of the TCP greeting service (off by default)",

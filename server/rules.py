@@ -21,6 +21,21 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+MAX_WHOLE_NUMBER_DIGITS = 18  # every such number fits a signed 64-bit column (an id, a count)
+
+
+def whole_number(text: str) -> int | None:
+    """The value of a request parameter written in ASCII digits, or None for anything else.
+
+    The one parser of integer parameters (query and path): str.isdigit() also takes "²" (which
+    int() then refuses: a 500) and "٣" or "５" (which int() takes), int() takes "+1", " 1" and
+    "1_0"; none of them is a number in a URL. At most 18 digits, so the value fits a 64-bit column.
+    """
+    if len(text) > MAX_WHOLE_NUMBER_DIGITS or not is_digits(text):
+        return None
+    return int(text)
+
+
 def request_content_length(values: list[str]) -> int | None:
     """The body length a request's Content-Length field(s) give (RFC 9112 6.3).
 

@@ -1,6 +1,7 @@
 """Every pytest fixture of the suite lives here, so the async test plugin can be swapped in one file."""
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -277,6 +278,35 @@ async def raw_http(port, data, timeout=5.0, host="127.0.0.1", ssl_context=None):
     finally:
         writer.close()
     return b"".join(chunks)
+
+
+# --- what the in-process server logged ---
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_errors():
+    """The records at ERROR or with a traceback that the server's loggers emit (a callable).
+
+    "tornado" and "server", and "asyncio" (an exception in a callback the loop ran).
+    """
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in ("tornado", "server", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield lambda: [f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "")
+                   for r in handler.records
+                   if r.levelno >= logging.ERROR or r.exc_info
+                   or "Traceback" in r.getMessage() or "Uncaught exception" in r.getMessage()]
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 # --- the server as a subprocess, exactly as a user starts it ---

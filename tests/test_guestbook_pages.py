@@ -89,4 +89,4 @@ async def test_older_messages_are_paged(api):
     older = re.search(r'href="(/guestbook\?before=\d+)">Older messages', html).group(1)
     html = (await api.get(older)).body.decode()
     assert "page test 1" in html and "page test 0" in html and "page test 6" not in html
-    assert (await api.get("/guestbook?before=abc")).code == 404
+    assert (await api.get("/guestbook?before=abc")).code == 422

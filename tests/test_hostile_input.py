@@ -8,7 +8,6 @@ whole battery to a single server and checks it still answers normally afterwards
 """
 import asyncio
 import json
-import logging
 import os
 import re
 import time
@@ -465,30 +464,6 @@ def server_settings(server_settings, tmp_path):
     os.symlink(tmp_path / "outside", shared / "dir-out")
     return server_settings.replace(files=shared, idle_timeout=1.0, body_timeout=1.0,
                                    max_header_size=16 * 1024, max_body_size=256 * 1024)
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-@pytest.fixture
-def server_errors():
-    """Records at ERROR or with a traceback that the server's loggers ("tornado", "server") emit."""
-    handler = _Collect()
-    loggers = [logging.getLogger("tornado"), logging.getLogger("server")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield lambda: [f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "")
-                   for r in handler.records
-                   if r.levelno >= logging.ERROR or r.exc_info
-                   or "Traceback" in r.getMessage() or "Uncaught exception" in r.getMessage()]
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 async def hello_is_answered(port):

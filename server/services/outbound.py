@@ -18,10 +18,12 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from .. import __version__
+from ..rules import is_digits, response_framing_problem
 from .errors import Invalid
 
 TITLE_SCAN_BYTES = 64 * 1024  # a <title> lives in the head; never keep more than this per URL
 MAX_TITLE_CHARS = 300
+INVALID_RESPONSE = "invalid response from the upstream"
 REPORTED_HEADERS = ("Content-Type", "Content-Length", "Server", "Last-Modified", "ETag", "Location")
 
 
@@ -243,7 +245,7 @@ class OutboundService:
         if problem:
             return FetchResult(url=url, ok=False, error=problem)
         kept = bytearray()
-        seen = {"size": 0, "declared": None}
+        seen: dict[str, Any] = {"size": 0, "declared": None, "head": {}, "invalid": None}
 
         def on_chunk(chunk: bytes) -> None:
             seen["size"] += len(chunk)
@@ -253,13 +255,19 @@ class OutboundService:
                 kept.extend(chunk[: TITLE_SCAN_BYTES - len(kept)])
 
         def on_header(line: str) -> None:
-            if line.lower().startswith("content-length:"):
-                value = line.split(":", 1)[1].strip()
-                seen["declared"] = int(value) if value.isdigit() else None
-            elif line.startswith("HTTP/"):  # a redirect starts a new response
+            if line.startswith("HTTP/"):  # a redirect starts a new response
                 seen["declared"] = None
                 seen["size"] = 0
+                seen["head"] = {}
                 kept.clear()
+            elif line in ("\r\n", "\n"):  # the head is complete: can its body be framed?
+                seen["invalid"] = response_framing_problem(seen["head"])
+            elif ":" in line:
+                name, value = (part.strip() for part in line.split(":", 1))
+                seen["head"].setdefault(name.title(), []).append(value)
+                if name.lower() == "content-length":
+                    # "²" passes str.isdigit() but not int(); Tornado then refuses the response
+                    seen["declared"] = int(value) if is_digits(value) else None
 
         request = HTTPRequest(
             url, method=method, connect_timeout=self.timeout, request_timeout=self.timeout,
@@ -279,8 +287,11 @@ class OutboundService:
             return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
                                error=f"response larger than {self.max_bytes} bytes")
         if failure is not None:
+            # Tornado closes on a head whose body it cannot frame and says only "Connection closed"
+            error = (f"{INVALID_RESPONSE}: {seen['invalid']}" if seen["invalid"] is not None
+                     else describe_error(failure))
             return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
-                               error=describe_error(failure))
+                               error=error)
         headers = {name: response.headers[name] for name in REPORTED_HEADERS if name in response.headers}
         return FetchResult(
             url=url, ok=200 <= response.code < 400, status=response.code,
