@@ -104,6 +104,18 @@ def test_uvloop_event_loop(live_server_factory):
     assert server.wait() == 0
 
 
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_ready_line_is_printed_at_every_log_level(live_server_factory, level, processes):
+    # tools wait for this line: it is the server's promise that it is ready, whatever is logged
+    server = live_server_factory("--log-level", level, "--processes", processes)
+    ready = [line for line in server.lines if line.startswith("Serving on ")]
+    assert len(ready) == 1, server.lines
+    assert get(server.url + "/api/hello/x")[0] == 200
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
 def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(live_server_factory):
     server = live_server_factory("--shutdown-timeout", "20")
     # an idle keep-alive connection must not hold the shutdown up
