@@ -8,7 +8,12 @@ accepts from the bytes (method, target, body) before it refuses them. Each case 
 connection, to ``python -m server --app framing:make_app`` (tests/apps/framing.py answers every
 request with what it was given), on both engines. The engine may refuse where h11 accepts (it is
 deliberately stricter); it may never accept a request h11 does not, nor frame a body differently,
-unless the case is listed in LAXER with its RFC 9112 reason and the exact view expected instead.
+unless the case is listed in LAXER with its RFC 9112 reason and the view allowed instead.
+
+Then nginx (a minimal config with docs/deploy/nginx.conf's proxying: HTTP/1.1, keep-alive
+upstream) in front of the fast engine gets every case: each request in the backend's access log
+must be one whose answer reached the client as a response of its own (the smuggled GET
+included), and nothing is left on the upstream connections.
 """
 import asyncio
 import json
