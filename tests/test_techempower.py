@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from bench import techempower
+from bench.suite_servers import Server
 from bench.techempower_verify import (
     CHECKS,
     Connection,
@@ -121,3 +122,20 @@ def test_plaintext_pipelined_16_deep_in_order_and_two_workers(live_server_factor
     finally:
         conn.close()
     assert verify(server.url, tfb_db, types=("db", "updates")) == []
+
+
+BASELINES = {"stock-tornado": "bench.baselines.tfb_tornado", "aiohttp": "bench.baselines.tfb_aiohttp",
+             "starlette": "bench.baselines.tfb_starlette"}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_the_baselines_follow_the_same_rules(tfb_db, name, tmp_path, monkeypatch):
+    """The servers the bench compares against pass the same verification (and stop cleanly)."""
+    monkeypatch.setenv(techempower.DB_ENV, tfb_db)
+    monkeypatch.setenv(techempower.POOL_ENV, "4")
+    server = Server(name, ["-m", BASELINES[name]], tmp_path / "server.log", None)
+    try:
+        assert verify(server.wait_ready(), tfb_db) == []
+    finally:
+        server.stop()
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
