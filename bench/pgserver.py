@@ -77,3 +77,15 @@ class PostgresServer:
 
     def url(self, name: str) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def pin(self, cpus: set[int]) -> None:
+        """Pin the postmaster and its processes to ``cpus`` (backends forked later inherit it)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        todo = [postmaster]
+        while todo:
+            pid = todo.pop()
+            try:
+                os.sched_setaffinity(pid, cpus)
+                todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except OSError:  # a process that just ended
+                pass
