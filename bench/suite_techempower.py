@@ -219,10 +219,11 @@ def render(env, setup_line: str, summary: list[dict], raw: dict) -> str:
               "all rounds. `/plaintext` is loaded 16-deep pipelined (`wrk -s "
               "bench/wrk_pipeline.lua URL -- 16`; wrk counts every response, and its latency "
               "figures do not apply). Requests per CPU second = requests ÷ the server's "
-              "user+system CPU seconds during the run (/proc, all its processes): on the database "
-              "types the server waits on PostgreSQL and does not fill its core, so this is the "
-              "fairer comparison there. Ratios are medians of per-round ratios; the machine is "
-              "shared, so quote ratios, not absolute req/s.")
+              "user+system CPU seconds during the run (/proc, all its processes); with "
+              "PostgreSQL on the other core a server still spends most of its core on the "
+              "database types, so it tracks req/s there. Errors: wrk's socket errors (connect, "
+              "read, write, timeout) plus non-2xx answers. Ratios are medians of per-round "
+              "ratios; the machine is shared, so quote ratios, not absolute req/s.")
     out = [BEGIN, "", title, "", setup_line, "", what, "", method, "", "Commands:", ""]
     out += [f"- `{cmd}`" for cmd in raw["commands"].values()]
     out += [f"- `{env.show(['-m', 'bench.techempower_verify', 'URL', 'DB_URL'], pinned=False)}`", ""]
