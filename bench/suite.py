@@ -29,9 +29,13 @@ from .compare import _cpu_model, _package_version, _pin, _version
 from .suite_load import Quiet, closed_loop, finish_bench, run_bench, start_bench
 from .suite_report import median, render, row, write_block
 from .suite_servers import ROOT, Server, start_all, stop_all
+from .suite_techempower import run_techempower
+from .suite_techempower import write as write_techempower
 
-SCENARIOS = ("hello", "accesslog", "metrics", "guestbook", "files", "hold", "slow", "processes")
+SCENARIOS = ("hello", "accesslog", "metrics", "guestbook", "files", "hold", "slow", "processes",
+             "techempower")
 THROUGHPUT = SCENARIOS[:5]
+OPT_IN = {"techempower"}  # run only when --only names it (its own block of BENCHMARKS.md)
 MAX_ATTEMPTS = 3  # per run, while the server did not get its core
 MIN_SERVER_CPU = 90.0  # percent of its core a saturated server gets on an undisturbed machine
 HELLO_PATH = "/api/hello/x"
@@ -206,14 +210,14 @@ def throughput_sections(engines: list[str]) -> list[dict]:
 
 
 def one_run(env: Env, server: Server, url: str, cpu: int | None, threads: int = 1,
-            check_cpu: bool = True) -> dict:
+            check_cpu: bool = True, script: tuple[str, ...] = ()) -> dict:
     """One closed-loop run, repeated while the server did not get its core (other load)."""
     a = env.args
     for attempt in range(1, MAX_ATTEMPTS + 1):
         busy = env.quiet.wait(env.log)
         before = server.cpu_seconds()
         try:
-            res = closed_loop(env.tool, url, a.connections, a.seconds, cpu, threads)
+            res = closed_loop(env.tool, url, a.connections, a.seconds, cpu, threads, script)
         except Exception as exc:  # one failed run is reported, not fatal to the whole suite
             return {"rps": None, "error": str(exc)[-500:]}
         res.update(server_cpu=100 * (server.cpu_seconds() - before) / res["wall_s"], busy=busy,
@@ -672,7 +676,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="closed-loop load generator: wrk when installed (auto), or python -m bench")
     p.add_argument("--engines", help="comma list of engines (default: tornado, and fast when "
                                      "server.engine imports)")
-    p.add_argument("--only", help=f"comma list of scenarios: {','.join(SCENARIOS)}")
+    p.add_argument("--only", help=f"comma list of scenarios: {','.join(SCENARIOS)} (default: all "
+                                  f"but {', '.join(sorted(OPT_IN))})")
     p.add_argument("--hold-connections", type=int, help="hold scenario connections (default 10000)")
     p.add_argument("--probe-seconds", type=float, help="hold scenario probe run (default 5)")
     p.add_argument("--hold-rounds", type=int, help="hold scenario rounds (default 3)")
@@ -682,6 +687,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--app-requests", type=int,
                    help="requests per variant and round of Suite 3's in-process measure "
                         "(bench.app_cpu; default 20000, --quick 3000)")
+    p.add_argument("--tfb-types", help="techempower: comma list of test types (default: all seven)")
+    p.add_argument("--tfb-pool", type=int, default=8,
+                   help="techempower: database connections per server process (default 8)")
+    p.add_argument("--no-tfb-processes", action="store_true",
+                   help="techempower: skip --processes 2 vs 1")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
                    help="skip the 1 s warm-up run of every target")
     p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
@@ -706,7 +716,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seconds must be more than 0 and at most 10")
     if args.rounds < 1 or args.hold_rounds < 1 or args.slow_rounds < 1:
         p.error("rounds must be at least 1")
-    args.only = set(SCENARIOS) if not args.only else set(args.only.split(","))
+    args.only = set(SCENARIOS) - OPT_IN if not args.only else set(args.only.split(","))
     if args.only - set(SCENARIOS):
         p.error(f"unknown scenario(s): {', '.join(sorted(args.only - set(SCENARIOS)))}")
     return args
@@ -761,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in args.only:
                 found, raw[name] = runner(env, engines)
                 sections += found
+        if "techempower" in args.only:
+            tfb = run_techempower(env, engines)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     order = {name: i for i, name in enumerate(SCENARIOS)}
@@ -772,6 +784,19 @@ def main(argv: list[str] | None = None) -> int:
     setup = describe(args, argv, tool, env, engines, notes, load_start, time.monotonic() - started,
                      disturbed)
     out = Path(args.out)
+    failed = False
+    if "techempower" in args.only:
+        summary, tfb_raw, violations = tfb
+        print(write_techempower(env, setup, summary, tfb_raw, out, args.markdown))
+        print(f"wrote {out / 'bench-techempower.json'}" + (
+            f" and {args.markdown}" if args.markdown else ""), file=log)
+        failed = bool(violations) or any(
+            x is None or x.get("rps") is None for t in tfb_raw["types"].values()
+            for runs in t.values() for x in runs)
+        if violations:
+            print(f"bench.suite: {len(violations)} TechEmpower rule(s) broken", file=log)
+    if not sections:
+        return 1 if failed else 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-suite.json").write_text(json.dumps(
         {"setup": setup, "sections": sections, "raw": raw}, indent=1, default=str) + "\n")
@@ -780,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         write_block(Path(args.markdown), block)
         print(f"wrote {args.markdown} and {out / 'bench-suite.json'}", file=log)
-    failed = any(v is None for s in sections for r in s["rows"] for v in r["values"])
+    failed = failed or any(v is None for s in sections for r in s["rows"] for v in r["values"])
     return 1 if failed else 0
 
 

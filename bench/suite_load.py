@@ -17,10 +17,15 @@ from .suite_servers import ROOT
 
 
 def run_wrk(wrk: str, url: str, connections: int, seconds: int, threads: int = 1,
-            cpu: int | None = None) -> dict:
-    """One ``wrk -t{threads} -c{connections} -d{seconds}s --latency`` run, parsed."""
-    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-                         capture_output=True, text=True, timeout=seconds + 60, check=True,
+            cpu: int | None = None, script: tuple[str, ...] = ()) -> dict:
+    """One ``wrk -t{threads} -c{connections} -d{seconds}s --latency`` run, parsed.
+
+    ``script``: a Lua script and its arguments (``wrk -s SCRIPT URL -- ARGS``).
+    """
+    lua = ["-s", script[0]] if script else []
+    lua_args = ["--", *script[1:]] if script[1:] else []
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          *lua, url, *lua_args], capture_output=True, text=True, timeout=seconds + 60, check=True,
                          preexec_fn=_pin(cpu)).stdout
     pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
@@ -66,11 +71,16 @@ def finish_bench(proc: subprocess.Popen, path: str, ok: tuple[int, ...] = (0,)) 
 
 
 def closed_loop(tool: str, url: str, connections: int, seconds: float, cpu: int | None,
-                threads: int = 1) -> dict:
-    """req/s, p50, p99, errors and the load's wall time of one closed-loop run (wrk or bench)."""
+                threads: int = 1, script: tuple[str, ...] = ()) -> dict:
+    """req/s, p50, p99, errors and the load's wall time of one closed-loop run (wrk or bench).
+
+    ``script`` (a wrk Lua script and its arguments) needs wrk.
+    """
+    if script and tool == "bench":
+        raise RuntimeError(f"{script[0]} is a wrk script: this run needs wrk (apt-get install wrk)")
     if tool != "bench":
         started = time.monotonic()
-        res = run_wrk(tool, url, connections, max(1, round(seconds)), threads, cpu)
+        res = run_wrk(tool, url, connections, max(1, round(seconds)), threads, cpu, script)
         return {**res, "wall_s": time.monotonic() - started}
     rep = run_bench(url, ["-c", str(connections), "-d", f"{seconds:g}s", "-w", str(threads)],
                     timeout=seconds + 60, cpu=cpu)

@@ -93,12 +93,13 @@ def render(setup: dict, sections: list[dict]) -> str:
     return "\n".join(parts).rstrip() + "\n\n" + END + "\n"
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the suite's block in ``path`` (or append it), leaving every other section alone."""
+def write_block(path: Path, block: str, begin: str = BEGIN, end_mark: str = END) -> None:
+    """Replace the block between ``begin`` and ``end_mark`` in ``path`` (or append it), leaving
+    every other section alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(BEGIN), text.find(END)
+    start, end = text.find(begin), text.find(end_mark)
     if start != -1 and end > start:
-        rest = text[end + len(END):].lstrip("\n")
+        rest = text[end + len(end_mark):].lstrip("\n")
         text = text[:start] + block + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block

@@ -35,6 +35,7 @@ class Server:
 
     def __init__(self, key: str, argv: list[str], log_path: Path, cpus: set[int] | None) -> None:
         self.key, self.argv, self.log_path, self.url = key, argv, log_path, ""
+        self._reader: threading.Thread | None = None
         self.log = open(log_path, "wb")  # stderr: the access log and any traceback
         self.proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=self.log, stdin=subprocess.DEVNULL, text=True,
@@ -56,7 +57,8 @@ class Server:
                 if match and not found:
                     found.append(match.group(1))
         # the reader keeps draining stdout after the ready line, so the server never blocks on it
-        threading.Thread(target=read, daemon=True).start()
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
         while not found and self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         if not found:
@@ -110,6 +112,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)  # it ends at EOF; closing the pipe under it would raise
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.log.close()
 
 

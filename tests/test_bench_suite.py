@@ -72,3 +72,28 @@ def test_the_block_is_replaced_in_place(tmp_path):
     assert "first" not in text and "second" in text and text.count(BEGIN) == 1
     assert text.index("## Ours") < text.index("second") < text.index("## After")
     assert "also kept" in text
+
+
+def test_techempower_scenario_verifies_then_measures(tmp_path):
+    """--only techempower: its own PostgreSQL, the verification pass on every server, one tiny
+    run per server of a plain and a pipelined type, --processes 2, its JSON and its own block."""
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text((ROOT / "BENCHMARKS.md").read_text())
+    cmd = [sys.executable, "-m", "bench.suite", "--only", "techempower", "--engines", "fast",
+           "--tfb-types", "plaintext,db", "--seconds", "1", "--rounds", "1", "--no-wait",
+           "--no-warmup", "--tfb-pool", "2", "--out", str(tmp_path), "--markdown", str(markdown)]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench-techempower.json").read_text())
+    assert result["raw"]["violations"] == []
+    assert set(result["raw"]["types"]) == {"plaintext", "db"}
+    for runs in result["raw"]["types"].values():
+        assert set(runs) == {"project-fast", "stock", "aiohttp", "starlette"}
+        assert all(r[0]["rps"] > 0 and r[0]["errors"] == 0 for r in runs.values()), runs
+    summary = {s["id"]: s for s in result["summary"]}
+    ours = next(s for s in summary["techempower-db"]["servers"] if s["server"] == "project-fast")
+    assert ours["rps_vs_stock"] > 0 and ours["cpu_vs_aiohttp"] > 0
+    assert summary["techempower-processes-db-fast"]["per_cpu_s_ratio"] > 0
+    text = markdown.read_text()
+    assert text.count("bench.suite techempower: begin") == 1 and BEGIN in text  # the suite's kept
+    assert "### `/plaintext` (plaintext)" in text and "wrk_pipeline.lua" in text

@@ -5,3 +5,10 @@ Each binds 127.0.0.1 (``--port 0`` picks a free port) and prints the project's r
 """
 
 HELLO = b"Hello, world"
+
+
+def announce(port: int) -> None:
+    """The project's ready line, which the suite waits for."""
+    import os
+
+    print(f"Serving on http://127.0.0.1:{port}/ (pid {os.getpid()})", flush=True)

@@ -15,7 +15,13 @@ import os
 import tornado.web
 
 from server.config import Settings
-from server.lifecycle import bind, bound_port, make_http_server, run_loop, tune_garbage_collector
+from server.lifecycle import (
+    bind,
+    bound_port,
+    make_http_server,
+    run_loop,
+    tune_garbage_collector,
+)
 
 from . import HELLO
 
