@@ -9,10 +9,11 @@ import time
 from tornado.web import url
 
 from server.rules import whole_number
+from server.services.greeting import NAME_PATTERN
 from server.services import Invalid, Unavailable
 
 from .base import PublicError, ApiHandler
-from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs
+from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs, from_settings
 from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn,
                       HelloOut, SlowOut)
 
@@ -21,7 +22,8 @@ class HelloApiHandler(ApiHandler):
     """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
 
     @documented("Greet someone (Anonymous without a name)",
-                path={"name": Param({"type": "string", "minLength": 1},
+                path={"name": Param({"type": "string", "minLength": 1, "pattern": NAME_PATTERN,
+                                     **from_settings(maxLength="max_name_length")},
                                     "who to greet, percent-encoded (GET /api/hello greets "
                                     "Anonymous)", example="ada")},
                 responses={200: HelloOut,
@@ -73,7 +75,7 @@ class SlowHandler(ApiHandler):
     """GET /api/slow?ms=N: wait N ms without blocking the event loop."""
 
     @documented("Wait without blocking the event loop",
-                query={"ms": Param({"type": "integer", "minimum": 0},
+                query={"ms": Param({"type": "integer", "minimum": 0, **from_settings(maximum="slow_max_ms")},
                                    "milliseconds to wait, at most --slow-max-ms", True, 50)},
                 responses={200: SlowOut,
                            422: "ms is missing, not a whole number or above --slow-max-ms"})

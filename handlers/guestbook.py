@@ -12,7 +12,7 @@ from server.rules import whole_number
 from server.services import Invalid, NotFound, RateLimited, Unavailable
 
 from .base import ApiHandler, PageHandler, PublicError, WebSocketHandler
-from .openapi import Param, Response, documented
+from .openapi import Param, Response, documented, from_settings
 from .schemas import MessageIn, MessageListOut, MessageOut
 
 
@@ -29,7 +29,8 @@ class MessagesHandler(ApiHandler):
     """GET /api/messages?limit=&before= (newest first) and POST /api/messages."""
 
     @documented("A page of guestbook messages, newest first",
-                query={"limit": Param({"type": "integer", "minimum": 1},
+                query={"limit": Param({"type": "integer", "minimum": 1,
+                                       **from_settings(maximum="max_page_size")},
                                       "messages per page, at most --max-page-size (default "
                                       "--page-size)", False, 20),
                        "before": Param({"type": "integer", "minimum": 1},
@@ -152,7 +153,9 @@ class GuestbookPageHandler(PageHandler):
 
     async def post(self) -> None:
         name = self.get_body_argument("name", "")
-        text = self.get_body_argument("text", "")
+        # a form sends a textarea's line ends as CRLF (HTML's form submission) while its
+        # maxlength counts them as one character: count them as the browser did
+        text = self.get_body_argument("text", "").replace("\r\n", "\n")
         try:
             await self.services.guestbook.post_message(name, text, self.request.remote_ip or "")
         except Invalid as exc:

@@ -39,6 +39,18 @@ PROBLEMS_KEY = "x-problems"
 ANY_JSON: Mapping[str, Any] = MappingProxyType({"description": "any JSON document"})
 """A JSON Schema that accepts every JSON document (for bodies without a model)."""
 
+SETTING_KEY = "x-setting"
+
+
+def from_settings(**keywords: str) -> dict[str, Any]:
+    """JSON Schema keywords whose values are settings, resolved when the document is built.
+
+    ``from_settings(maximum="slow_max_ms")`` in a parameter's schema (or a model field's
+    ``json_schema_extra``) becomes ``"maximum": <--slow-max-ms in force>``: the document states
+    the bounds the handlers enforce with the settings the server runs with.
+    """
+    return {SETTING_KEY: keywords}
+
 
 # --- the metadata handlers carry ---
 
@@ -365,6 +377,7 @@ def build_openapi(application: tornado.web.Application) -> dict[str, Any]:
             },
         },
     }
+    resolve_settings(document, application.settings.get("config"), problems)
     if problems:
         document[PROBLEMS_KEY] = problems
     return document
@@ -545,6 +558,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def resolve_settings(node: Any, config: Any, problems: list[str]) -> None:
+    """Replace every :func:`from_settings` marker in a built document by the settings' values, in place."""
+    if isinstance(node, dict):
+        keywords = node.pop(SETTING_KEY, None)
+        for keyword, name in (keywords or {}).items():
+            if config is None or not hasattr(config, name):
+                problems.append(f"schema keyword {keyword} names the unknown setting {name!r}")
+            else:
+                node[keyword] = getattr(config, name)
+        for item in node.values():
+            resolve_settings(item, config, problems)
+    elif isinstance(node, list):
+        for item in node:
+            resolve_settings(item, config, problems)
 
 
 def _slug(path: str) -> str:

@@ -5,6 +5,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.services.greeting import NAME_PATTERN
+from server.services.guestbook import TEXT_PATTERN
+
+from .openapi import from_settings
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -13,7 +18,8 @@ class _Model(BaseModel):
 class HelloIn(_Model):
     """POST /api/hello"""
 
-    name: str = Field(description="who to greet; empty means Anonymous")
+    name: str = Field(description="who to greet; empty means Anonymous",
+                      json_schema_extra={"pattern": NAME_PATTERN, **from_settings(maxLength="max_name_length")})
 
 
 class HelloOut(_Model):
@@ -32,7 +38,7 @@ class SlowOut(_Model):
 class ComputeIn(_Model):
     """POST /api/compute: count the primes ≤ n."""
 
-    n: int
+    n: int = Field(json_schema_extra={"minimum": 0, **from_settings(maximum="compute_max_n")})
 
 
 class ComputeOut(_Model):
@@ -47,7 +53,8 @@ class ComputeOut(_Model):
 class FetchIn(_Model):
     """POST /api/fetch: fetch these URLs concurrently."""
 
-    urls: list[Any] = Field(description="http(s) URLs; a bad entry gets an error in its result")
+    urls: list[Any] = Field(description="http(s) URLs; a bad entry gets an error in its result",
+                            json_schema_extra={"minItems": 1, **from_settings(maxItems="outbound_max_urls")})
     method: Literal["GET", "HEAD"] = "GET"
 
 
@@ -85,8 +92,12 @@ class HealthOut(_Model):
 class MessageIn(_Model):
     """POST /api/messages: sign the guestbook."""
 
-    name: str = Field(description="1 to 64 characters")
-    text: str = Field(description="1 to 2000 characters")
+    name: str = Field(description="not only spaces; runs of spaces are stored as one",
+                      json_schema_extra={"minLength": 1, "pattern": TEXT_PATTERN,
+                                         **from_settings(maxLength="max_name_length")})
+    text: str = Field(description="not only spaces; stored trimmed, line ends as \\n",
+                      json_schema_extra={"minLength": 1, "pattern": TEXT_PATTERN,
+                                         **from_settings(maxLength="message_max_length")})
 
 
 class MessageOut(_Model):

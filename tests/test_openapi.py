@@ -2,7 +2,9 @@
 import inspect
 import json
 import re
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import jsonschema
 import pydantic
@@ -384,3 +386,35 @@ async def test_docs_page_renders_every_operation_without_javascript(api):
 async def test_home_page_links_to_the_docs(api):
     response = await api.get("/")
     assert 'href="/api/docs"' in response.body.decode()
+
+
+def test_document_states_the_limits_of_the_settings_in_force(live_server_factory):
+    server = live_server_factory("--slow-max-ms", "77", "--max-page-size", "33",
+                                 "--max-name-length", "21", "--message-max-length", "444",
+                                 "--compute-max-n", "5555", "--outbound-max-urls", "6")
+    with urllib.request.urlopen(server.url + "/api/openapi.json", timeout=10) as response:
+        document = json.loads(response.read())
+    schemas = document["components"]["schemas"]
+
+    def query(path, method, name):
+        return next(p["schema"] for p in document["paths"][path][method]["parameters"]
+                    if p["name"] == name)
+    assert query("/api/slow", "get", "ms") == {"type": "integer", "minimum": 0, "maximum": 77}
+    assert query("/api/messages", "get", "limit")["maximum"] == 33
+    assert query("/api/hello/{name}", "get", "name")["maxLength"] == 21
+    assert schemas["HelloIn"]["properties"]["name"]["maxLength"] == 21
+    assert schemas["MessageIn"]["properties"]["name"]["maxLength"] == 21
+    assert schemas["MessageIn"]["properties"]["text"]["maxLength"] == 444
+    assert schemas["MessageIn"]["properties"]["text"]["minLength"] == 1
+    assert schemas["ComputeIn"]["properties"]["n"] == {"type": "integer", "minimum": 0,
+                                                       "maximum": 5555, "title": "N"}
+    assert schemas["FetchIn"]["properties"]["urls"]["maxItems"] == 6
+    assert "x-setting" not in json.dumps(document)
+    # the stated bounds are the enforced ones: one past each is refused
+    for url in ("/api/slow?ms=78", "/api/messages?limit=34", "/api/hello/" + "a" * 22):
+        try:
+            urllib.request.urlopen(server.url + url, timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 422, url
+        else:
+            raise AssertionError(f"{url} was accepted")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from .errors import Invalid
 
+NAME_PATTERN = "^[^\\x00-\\x1f\\x7f]*$"
+"""A name the greeting accepts, as a JSON Schema (ECMA-262) pattern: no control character."""
+
 ANONYMOUS = "Anonymous"
 
 
@@ -13,15 +16,17 @@ class GreetingService:
         self.max_name_length = max_name_length
 
     def clean_name(self, name: str | None) -> str:
-        """Return the name to greet: stripped, 'Anonymous' when empty, or raise Invalid."""
-        name = (name or "").strip()
-        if not name:
-            return ANONYMOUS
+        """Return the name to greet: stripped, 'Anonymous' when blank, or raise Invalid.
+
+        The rules apply to the name as sent (the OpenAPI document states them exactly: at most
+        --max-name-length characters, no control character); surrounding spaces are then trimmed.
+        """
+        name = name or ""
         if len(name) > self.max_name_length:
             raise Invalid("name", f"must be at most {self.max_name_length} characters")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
             raise Invalid("name", "must not contain control characters")
-        return name
+        return name.strip() or ANONYMOUS
 
     def greet(self, name: str | None) -> str:
         """Return 'Hello, <name>' for a valid name."""

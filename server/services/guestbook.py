@@ -23,7 +23,13 @@ from .events import EventBus
 
 log = logging.getLogger("server.guestbook")
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # every control character but \t and \n
+# the characters a name or text may not hold (every control character but \t, \n and \r) and
+# the one it must hold (not a space), written once for the check here and the OpenAPI document
+CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+SPACE_CLASS = r"\s\x85\ufeff"  # Python's and ECMA-262's \s together
+TEXT_PATTERN = f"^[^{CONTROL_CLASS}]*[^{SPACE_CLASS}{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
+_CONTROL = re.compile(f"[{CONTROL_CLASS}]")
+_VISIBLE = re.compile(f"[^{SPACE_CLASS}]")
 GENERATION_KEY = "gb:generation"
 
 
@@ -138,16 +144,18 @@ class GuestbookService:
             raise Invalid("name", "must be a string")
         if not isinstance(text, str):
             raise Invalid("text", "must be a string")
+        # the rules hold for the text as sent (the OpenAPI document states them exactly), then
+        # the name's runs of spaces are collapsed and the text's line ends made \n and trimmed
+        for field, value, longest in (("name", name, self.max_name_length),
+                                      ("text", text, self.max_text_length)):
+            if not 1 <= len(value) <= longest:
+                raise Invalid(field, f"must be 1 to {longest} characters")
+            if _CONTROL.search(value):
+                raise Invalid(field, "must not contain control characters")
+            if not _VISIBLE.search(value):
+                raise Invalid(field, "must not be only spaces")
         name = " ".join(name.split())
         text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-        if not 1 <= len(name) <= self.max_name_length:
-            raise Invalid("name", f"must be 1 to {self.max_name_length} characters")
-        if _CONTROL.search(name):
-            raise Invalid("name", "must not contain control characters")
-        if not 1 <= len(text) <= self.max_text_length:
-            raise Invalid("text", f"must be 1 to {self.max_text_length} characters")
-        if _CONTROL.search(text):
-            raise Invalid("text", "must not contain control characters")
         return name, text
 
     def page_bounds(self, limit: Any, before: Any) -> tuple[int, int | None]:
