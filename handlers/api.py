@@ -22,10 +22,10 @@ class HelloApiHandler(ApiHandler):
     """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
 
     @documented("Greet someone (Anonymous without a name)",
-                path={"name": Param({"type": "string", "minLength": 1, "pattern": NAME_PATTERN,
+                path={"name": Param({"type": "string", "pattern": NAME_PATTERN,
                                      **from_settings(maxLength="max_name_length")},
-                                    "who to greet, percent-encoded (GET /api/hello greets "
-                                    "Anonymous)", example="ada")},
+                                    "who to greet, percent-encoded; empty or blank greets "
+                                    "Anonymous, as POST does", example="ada")},
                 responses={200: HelloOut,
                            422: "the name in the path is longer than --max-name-length characters "
                                 "or holds control characters"})
@@ -78,9 +78,10 @@ class SlowHandler(ApiHandler):
                 query={"ms": Param({"type": "integer", "minimum": 0, **from_settings(maximum="slow_max_ms")},
                                    "milliseconds to wait, at most --slow-max-ms", True, 50)},
                 responses={200: SlowOut,
-                           422: "ms is missing, not a whole number or above --slow-max-ms"})
+                           422: "ms is missing, given more than once, not a whole number or above "
+                                "--slow-max-ms"})
     async def get(self) -> None:
-        raw = self.get_query_argument("ms", None)
+        raw = self.query_value("ms")
         limit = self.config.slow_max_ms
         if raw is None:
             raise PublicError(422, "ms: required", field="ms")
@@ -165,7 +166,7 @@ class ApiNotFoundHandler(ApiHandler):
 
 default_handlers = [
     url(r"/api/hello", HelloApiHandler, name="api-hello"),
-    url(r"/api/hello/([^/]+)", HelloNameApiHandler, name="api-hello-name"),
+    url(r"/api/hello/([^/]*)", HelloNameApiHandler, name="api-hello-name"),
     url(r"/api/echo", EchoHandler, name="api-echo"),
     url(r"/api/slow", SlowHandler, name="api-slow"),
     url(r"/api/compute", ComputeHandler, name="api-compute"),

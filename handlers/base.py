@@ -116,6 +116,22 @@ class BaseHandler(tornado.web.RequestHandler):
         """Mutable runtime state of this server process (draining, requests in flight)."""
         return self.application.settings["state"]
 
+    def query_value(self, name: str) -> str | None:
+        """The one value of query parameter ``name`` exactly as sent (percent-decoded), or None.
+
+        Tornado's ``get_query_argument`` strips whitespace, turns control characters into
+        spaces and takes the last of repeated values, so ``?ms=%0050`` and ``?limit=1&limit=99``
+        would pass as something the client did not send. Here a repeated parameter is a 422,
+        and the text is given to the caller's validation unchanged.
+        """
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise PublicError(422, f"{name}: give it once (it was given {len(values)} times)",
+                              field=name)
+        return self.decode_argument(values[0], name=name)
+
     def clear(self) -> None:
         """Reset the response (what RequestHandler.clear does), on the per-request hot path.
 

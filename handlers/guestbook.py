@@ -4,22 +4,24 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-import tornado.web
 import tornado.websocket
 from tornado.web import url
 
-from server.rules import whole_number
+from server.rules import MAX_WHOLE_NUMBER, whole_number
 from server.services import Invalid, NotFound, RateLimited, Unavailable
 
-from .base import ApiHandler, PageHandler, PublicError, WebSocketHandler
+from .base import ApiHandler, BaseHandler, PageHandler, PublicError, WebSocketHandler
 from .openapi import Param, Response, documented, from_settings
 from .schemas import MessageIn, MessageListOut, MessageOut
 
 
-def _int_argument(handler: tornado.web.RequestHandler, name: str) -> Any:
-    """A query argument as int when it is one, the raw text otherwise (the service rejects it)."""
-    raw = handler.get_query_argument(name, None)
-    if raw is None or raw == "":
+def _int_argument(handler: BaseHandler, name: str) -> Any:
+    """A query argument as int when it is one, the raw text otherwise (the service rejects it).
+
+    Absent is None; present but empty (``?before=``) is text, which the service refuses.
+    """
+    raw = handler.query_value(name)
+    if raw is None:
         return None
     number = whole_number(raw)
     return raw if number is None else number
@@ -33,11 +35,13 @@ class MessagesHandler(ApiHandler):
                                        **from_settings(maximum="max_page_size")},
                                       "messages per page, at most --max-page-size (default "
                                       "--page-size)", False, 20),
-                       "before": Param({"type": "integer", "minimum": 1},
+                       "before": Param({"type": "integer", "minimum": 1,
+                                        "maximum": MAX_WHOLE_NUMBER},
                                        "only messages older than this id: next_before of the "
                                        "previous page")},
                 responses={200: MessageListOut,
-                           422: "limit or before is not a whole number in range",
+                           422: "limit or before is not a whole number in range, or is given more "
+                                "than once",
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self) -> None:
         limit, before = _int_argument(self, "limit"), _int_argument(self, "before")
@@ -81,12 +85,15 @@ class MessagesHandler(ApiHandler):
         self.write_model(MessageOut(**message.to_json()), 201)
 
 
+MESSAGE_ID = {"message_id": Param({"type": "integer", "minimum": 1, "maximum": MAX_WHOLE_NUMBER},
+                                  "the message's id", example=1)}
+
+
 class MessageHandler(ApiHandler):
     """GET /api/messages/<id> and DELETE /api/messages/<id> (admin token only)."""
 
     @documented("One guestbook message",
-                path={"message_id": Param({"type": "integer", "minimum": 1}, "the message's id",
-                                          example=1)},
+                path=MESSAGE_ID,
                 responses={200: MessageOut,
                            404: "no message with this id",
                            503: Response("the database is unavailable", headers=("Retry-After",))})
@@ -100,8 +107,7 @@ class MessageHandler(ApiHandler):
         self.write_model(MessageOut(**message.to_json()))
 
     @documented("Delete a guestbook message (admin token)", security="adminToken",
-                path={"message_id": Param({"type": "integer", "minimum": 1}, "the message's id",
-                                          example=1)},
+                path=MESSAGE_ID,
                 responses={204: "the message was deleted",
                            401: Response("no 'Authorization: Bearer …' header",
                                          headers=("WWW-Authenticate",)),

@@ -23,7 +23,7 @@ class HelloPageHandler(PageHandler):
 
     async def get(self, name: str | None = None) -> None:
         if name is None:
-            name = self.get_query_argument("name", "")
+            name = self.query_value("name") or ""
         try:
             greeting = self.services.greeting.clean_name(name)
         except Invalid as exc:

@@ -1,9 +1,9 @@
 """Request and response models of the JSON API: validation in, serialisation out."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from server.services.greeting import NAME_PATTERN
 from server.services.guestbook import TEXT_PATTERN
@@ -13,6 +13,17 @@ from .openapi import from_settings
 
 class _Model(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _integral(value: Any) -> Any:
+    """1.0 and 1e5 as the int they are (JSON Schema's "integer" is any number with no fraction)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# a JSON integer: strict (no "1", no true) but, as JSON Schema counts, 51613.0 is one
+JsonInteger = Annotated[int, BeforeValidator(_integral)]
 
 
 class HelloIn(_Model):
@@ -38,7 +49,7 @@ class SlowOut(_Model):
 class ComputeIn(_Model):
     """POST /api/compute: count the primes ≤ n."""
 
-    n: int = Field(json_schema_extra={"minimum": 0, **from_settings(maximum="compute_max_n")})
+    n: JsonInteger = Field(json_schema_extra={"minimum": 0, **from_settings(maximum="compute_max_n")})
 
 
 class ComputeOut(_Model):

@@ -22,6 +22,7 @@ def is_digits(text: str) -> bool:
 
 
 MAX_WHOLE_NUMBER_DIGITS = 18  # every such number fits a signed 64-bit column (an id, a count)
+MAX_WHOLE_NUMBER = 10 ** MAX_WHOLE_NUMBER_DIGITS - 1  # the largest one (what the API documents)
 
 
 def whole_number(text: str) -> int | None:

@@ -2,6 +2,7 @@
 import asyncio
 import json
 import time
+import urllib.parse
 
 import pytest
 
@@ -49,6 +50,22 @@ async def test_hello_post_bad_fields_are_422_naming_the_field(api, body, field):
 
 async def test_too_long_name_in_path_is_422(api):
     response = await api.get("/api/hello/" + "x" * 65)
+    assert response.code == 422
+    assert json_of(response)["error"]["field"] == "name"
+
+
+@pytest.mark.parametrize("path", ["/api/hello/", "/api/hello/%20%20"])
+async def test_an_empty_or_blank_name_in_the_path_greets_anonymous_as_post_does(api, path):
+    response = await api.get(path)
+    assert response.code == 200, response.body
+    assert json_of(response) == {"message": "Hello, Anonymous"}
+    posted = await api.post("/api/hello", {"name": urllib.parse.unquote(path[len("/api/hello/"):])})
+    assert json_of(posted) == json_of(response)
+
+
+@pytest.mark.parametrize("path", ["/api/hello/a%00b", "/api/hello/%1B[31m"])
+async def test_control_characters_in_the_path_name_are_422(api, path):
+    response = await api.get(path)
     assert response.code == 422
     assert json_of(response)["error"]["field"] == "name"
 
@@ -192,7 +209,17 @@ async def test_compute_counts_primes(api, n, primes):
     assert body["elapsed_ms"] >= body["cpu_ms"] >= 0
 
 
-@pytest.mark.parametrize("body", [{"n": -1}, {"n": 20_000_001}, {"n": "5"}, {"n": 5.0}, {"n": True}, {}])
+@pytest.mark.parametrize("text", ["100.0", "1e2", "1.0E2"])
+async def test_compute_takes_a_whole_number_written_as_a_float(api, text):
+    """JSON Schema's "integer" (what the document says n is) counts 100.0 and 1e2 as integers."""
+    response = await api.post("/api/compute", f'{{"n": {text}}}'.encode(),
+                              headers={"Content-Type": "application/json"})
+    assert response.code == 200, response.body
+    assert json_of(response)["n"] == 100 and json_of(response)["primes"] == 25
+
+
+@pytest.mark.parametrize("body", [{"n": -1}, {"n": 20_000_001}, {"n": "5"}, {"n": 5.5}, {"n": True},
+                                  {"n": -1.0}, {"n": 1e300}, {}])
 async def test_compute_rejects_bad_n(api, body):
     response = await api.post("/api/compute", body)
     assert response.code == 422

@@ -30,9 +30,11 @@ ADMIN_TOKEN = "bad-input-admin"
 # --- integer parameters ---
 
 # str.isdigit() takes the first five (int() then crashes on "²" and "①", takes "٣" and "５"); int()
-# takes most of the rest; none is a number in a URL (Tornado strips spaces around a query value)
+# takes most of the rest; none is a number in a URL. The last ones are digits with spaces or
+# control characters around them, and the empty value: Tornado's get_query_argument strips the
+# first and turns the second into spaces (so "\x001" read as 1); the value as sent is refused.
 NOT_ASCII_DIGITS = ["²", "①", "٣", "５", "١٢", "+1", "-1", "1_0", "0x1", "1e2", "1.0",
-                    "9" * 19]
+                    "9" * 19, "", " 1", "1 ", "\t1", "1\x00", "\x011", "1\r\n"]
 
 # (method, path with {} for the value, status, the parameter the error names)
 INTEGER_PARAMETERS = {
@@ -90,6 +92,23 @@ async def test_integer_parameters_take_ascii_digits_only(api, server_errors, rou
     if method == "GET":
         ok = await api.get(template.format(value))
         assert ok.code == 200, ok.body
+    assert server_errors() == []
+
+
+QUERY_INTEGERS = [route for route, (_, template, _, _) in INTEGER_PARAMETERS.items()
+                  if "?" in template]
+
+
+@pytest.mark.parametrize("route", QUERY_INTEGERS)
+async def test_a_query_parameter_given_twice_is_refused(api, server_errors, route):
+    """?limit=1&limit=99 is not read as its last value: a 422 naming the parameter."""
+    method, template, status, name = INTEGER_PARAMETERS[route]
+    for path in (template.format("1") + "&" + template.format("2").split("?")[1],
+                 template.format("") + "&" + template.format("1").split("?")[1]):
+        response = await api.call(method, path)
+        assert response.code == 422, (path, response.code, response.body[:300])
+        body = response.body.decode()
+        assert name in body and "once" in body, body[:300]
     assert server_errors() == []
 
 
@@ -155,7 +174,10 @@ async def test_finite_numbers_and_strings_that_look_like_them_still_work(api):
     assert big.code == 200 and json.loads(big.body) == [1e308, -0.0, 1500.0]
     named = await api.post("/api/hello", {"name": "NaN Infinity 1e999"})
     assert json_of(named) == {"message": "Hello, NaN Infinity 1e999"}
+    # 1e2 is the integer 100 (JSON Schema's "integer" is a number with no fraction); 1.5e0 is not
     assert (await api.post("/api/compute", b'{"n": 1e2}',
+                           headers={"Content-Type": "application/json"})).code == 200
+    assert (await api.post("/api/compute", b'{"n": 1.5e0}',
                            headers={"Content-Type": "application/json"})).code == 422
 
 

@@ -19,6 +19,7 @@ from conftest import json_of, raw_http
 from handlers import openapi, schemas
 from handlers.base import ApiHandler
 from server import __version__
+from server.rules import MAX_WHOLE_NUMBER
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -409,9 +410,16 @@ def test_document_states_the_limits_of_the_settings_in_force(live_server_factory
     assert schemas["ComputeIn"]["properties"]["n"] == {"type": "integer", "minimum": 0,
                                                        "maximum": 5555, "title": "N"}
     assert schemas["FetchIn"]["properties"]["urls"]["maxItems"] == 6
+    assert query("/api/messages", "get", "before")["maximum"] == MAX_WHOLE_NUMBER
+    assert query("/api/messages/{message_id}", "get", "message_id")["maximum"] == MAX_WHOLE_NUMBER
     assert "x-setting" not in json.dumps(document)
-    # the stated bounds are the enforced ones: one past each is refused
-    for url in ("/api/slow?ms=78", "/api/messages?limit=34", "/api/hello/" + "a" * 22):
+    # the stated bounds are the enforced ones: each bound is taken, one past it is refused
+    for url in ("/api/slow?ms=77", "/api/messages?limit=33", "/api/hello/" + "a" * 21,
+                f"/api/messages?before={MAX_WHOLE_NUMBER}"):
+        with urllib.request.urlopen(server.url + url, timeout=10) as response:
+            assert response.status == 200, url
+    for url in ("/api/slow?ms=78", "/api/messages?limit=34", "/api/hello/" + "a" * 22,
+                f"/api/messages?before={MAX_WHOLE_NUMBER + 1}"):
         try:
             urllib.request.urlopen(server.url + url, timeout=10)
         except urllib.error.HTTPError as exc:

@@ -48,6 +48,16 @@ async def test_too_long_name_shows_the_form_with_an_error(api):
     assert 'value="' + "x" * 100 + '"' in html
 
 
+@pytest.mark.parametrize("query", ["name=%01Ada", "name=Ada%00", "name=Ada&name=Grace"])
+async def test_a_name_with_control_characters_or_given_twice_is_refused_on_a_page(api, query):
+    """The name as sent: Tornado's own reading would greet "Ada" (control characters become
+    spaces that are then stripped) or the last of two names."""
+    response = await api.get("/hello?" + query)
+    assert response.code == 422
+    assert "text/html" in response.headers["Content-Type"]
+    assert "Hello, Ada" not in response.body.decode() and "Hello, Grace" not in response.body.decode()
+
+
 async def test_unknown_page_is_a_styled_404(api):
     response = await api.get("/no/such/page?x=<b>")
     html = response.body.decode()
