@@ -3,6 +3,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import urllib.parse
 
 class Response:
     """One parsed response: status, reason, headers (lower-case names) and the decoded body."""
@@ -138,3 +139,26 @@ def make_certificate(directory, name="server"):
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
                    check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+def fetchable(value):
+    """Whether /api/fetch would open a connection for this URL: decided as the server decides it,
+    by urllib.parse.urlsplit's scheme (which lower-cases it, drops leading control characters and
+    any tab or newline), so fuzzers can point every such URL at loopback."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return urllib.parse.urlsplit(value).scheme in ("http", "https")
+    except ValueError:
+        return False
+
+
+def keep_fetches_local(body, local_url):
+    """Point every fetchable URL of a /api/fetch body at local_url, in place."""
+    if not isinstance(body, dict):
+        return
+    urls = body.get("urls")
+    if isinstance(urls, list):
+        body["urls"] = [local_url if fetchable(url) else url for url in urls]
+    elif fetchable(urls):
+        body["urls"] = local_url
