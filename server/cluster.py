@@ -2,7 +2,13 @@
 
 Each worker writes its metrics snapshot and Prometheus exposition to the supervisor's runtime
 directory once per second (atomically, by rename); whichever worker answers /metrics or
-/api/stats merges its own live numbers with its siblings' latest files.
+/api/stats merges its own live numbers with its siblings' latest files; prometheus_client parses
+the expositions and writes the merged one.
+
+Not prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR + MultiProcessCollector): it
+exports no custom collector (the request counts kept in plain dicts and folded at scrape time, the
+function gauges, the process, GC and GC-pause collectors), and it sums counters and histograms
+over pids where /metrics here keeps one series per worker (worker="<slot>").
 """
 from __future__ import annotations
 
