@@ -2,7 +2,13 @@
 
 Each worker writes its metrics snapshot and Prometheus exposition to the supervisor's runtime
 directory once per second (atomically, by rename); whichever worker answers /metrics or
-/api/stats merges its own live numbers with its siblings' latest files.
+/api/stats merges its own live numbers with its siblings' latest files; prometheus_client parses
+the expositions and writes the merged one.
+
+Not prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR + MultiProcessCollector): it
+exports no custom collector (the request counts kept in plain dicts and folded at scrape time, the
+function gauges, the process, GC and GC-pause collectors), and it sums counters and histograms
+over pids where /metrics here keeps one series per worker (worker="<slot>").
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from .metrics import Metrics, merge_snapshots
@@ -86,24 +94,34 @@ class ClusterView:
         self.path.unlink(missing_ok=True)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Families:
+    """A collector that yields metric families it was given (for generate_latest)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+    def describe(self) -> list[Metric]:
+        return []
 
 
 def relabel(texts: dict[int, str]) -> bytes:
-    """Merge Prometheus expositions into one, each sample with a worker label."""
-    families: dict[str, tuple[str, str, list[str]]] = {}
+    """Merge Prometheus expositions into one, each sample with a worker label.
+
+    prometheus_client parses every worker's text and writes the merged families, so the
+    escaping, the counter and ``_created`` naming and the number format are its own.
+    """
+    families: dict[str, Metric] = {}
     for worker, text in sorted(texts.items()):
         for family in text_string_to_metric_families(text):
-            _, _, lines = families.setdefault(family.name, (family.documentation, family.type, []))
-            for sample in family.samples:
-                labels = {**sample.labels, "worker": str(worker)}
-                rendered = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
-                lines.append(f"{sample.name}{{{rendered}}} {float(sample.value)!r}")
-    out = []
-    for name, (documentation, kind, lines) in families.items():
-        exposed = name + "_total" if kind == "counter" else name  # text format 0.0.4 naming
-        out.append(f"# HELP {exposed} {documentation}")
-        out.append(f"# TYPE {exposed} {kind}")
-        out.extend(lines)
-    return ("\n".join(out) + "\n").encode()
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation,
+                                                        family.type, family.unit)
+            merged.samples.extend(sample._replace(labels={**sample.labels, "worker": str(worker)})
+                                  for sample in family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 import uuid
 
 import pytest
@@ -296,15 +295,14 @@ async def test_sigkill_during_1000_concurrent_posts_keeps_every_201(live_server_
 # --- 3b. the memory cache forgets expired entries nobody reads again (found by the soak) ---
 
 @pytest.mark.hardening
-def test_memory_cache_drops_expired_entries_that_are_never_read_again(reliability, monkeypatch):
+def test_memory_cache_drops_expired_entries_that_are_never_read_again(reliability):
     from server.services import cache as cache_module
     reliability.describe("the in-process cache under guestbook-style writes: every write moves "
                          "the cache generation, so old pages are never read again; they must "
                          "leave at their TTL, not linger until --cache-max-entries", area="soak")
     now = [1000.0]
-    # a clock of the test's own for the cache module only (asyncio keeps the real one)
-    monkeypatch.setattr(cache_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    cache = cache_module.MemoryCache(max_entries=10_000)
+    # a clock of the test's own for the cache only (asyncio keeps the real one)
+    cache = cache_module.MemoryCache(max_entries=10_000, timer=lambda: now[0])
     loop = asyncio.new_event_loop()
     try:
         for generation in range(5_000):  # 10 writes/s for 500 s, a page cached for 30 s after each

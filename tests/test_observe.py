@@ -73,6 +73,31 @@ def test_requests_recorded_in_batches_are_all_counted():
     assert metrics.summary()["requests"]["total"] == n  # a second read counts nothing twice
 
 
+def test_workers_metrics_merge_into_one_valid_exposition():
+    """--processes N: every worker's samples under one family each, labelled worker="<slot>",
+    written by prometheus_client (help text with a backslash or a newline, +Inf, _created)."""
+    from server.cluster import relabel
+    metrics = Metrics()
+    metrics.observe_request("r", "GET", 200, 0.002)
+    metrics.observe_outbound("ok", 0.01)
+    metrics.gauge("odd_gauge", "a help text with \\ and\na newline", lambda: float("inf"))
+    text = metrics.prometheus_text().decode()
+    merged = relabel({1: text, 0: text}).decode()
+    families = list(text_string_to_metric_families(merged))
+    assert len({family.name for family in families}) == len(families)  # one block per family
+    single = {(s.name, tuple(sorted(s.labels.items())), s.value)
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    for worker in ("0", "1"):
+        assert {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "worker")),
+                 s.value) for family in families for s in family.samples
+                if s.labels["worker"] == worker} == single
+    odd = next(family for family in families if family.name == "odd_gauge")
+    assert odd.documentation == "a help text with \\ and\na newline"
+    assert samples(merged, "odd_gauge") == {(("worker", "0"),): float("inf"),
+                                            (("worker", "1"),): float("inf")}
+    assert samples(merged, "outbound_requests_total")[(("result", "ok"), ("worker", "1"))] == 1
+
+
 def test_garbage_collection_pauses_are_timed_while_started():
     def pauses(metrics):
         text = metrics.prometheus_text().decode()

@@ -1,11 +1,13 @@
 """Caches behind one small interface: an in-process TTL/LRU cache, or Redis for many instances."""
 from __future__ import annotations
 
-import heapq
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from cachetools import TLRUCache
 
 log = logging.getLogger("server.cache")
 
@@ -28,67 +30,48 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """A size-bounded LRU with per-entry expiry, local to this process."""
+    """A size-bounded LRU with per-entry expiry, local to this process (cachetools' TLRUCache).
+
+    Each entry is stored as (expires, value): TLRUCache asks _expires for an entry's deadline, so
+    an entry set without a TTL never expires and a counter keeps its window's first deadline. Every
+    store drops the entries whose deadline has passed (a heap, each deadline popped once), so pages
+    keyed by a generation that has moved on leave at their TTL, not when the LRU reaches them.
+    """
 
     kind = "memory"
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, timer: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        # (expires, key) of every entry stored with a TTL: entries keyed by a generation that has
-        # moved on are never read again, so they must go when they expire, not wait for the LRU
-        self._expiry: list[tuple[float, str]] = []
+        self._entries: TLRUCache[str, tuple[float, Any]] = TLRUCache(max_entries, _expires,
+                                                                     timer=timer)
 
-    def _live(self, key: str) -> Any:
-        item = self._entries.get(key)
-        if item is None:
+    def _deadline(self, ttl: float | None) -> float:
+        return self._entries.timer() + ttl if ttl else math.inf
+
+    def _entry(self, key: str) -> tuple[float, Any] | None:
+        try:  # one clock read (TLRUCache.get reads it twice, and costs 5x as much on a hit)
+            return self._entries[key]
+        except KeyError:
             return None
-        expires, value = item
-        if expires and expires <= time.monotonic():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def _store(self, key: str, value: Any, ttl: float | None) -> None:
-        now = time.monotonic()
-        self._purge_expired(now)
-        expires = now + ttl if ttl else 0.0
-        self._entries[key] = (expires, value)
-        self._entries.move_to_end(key)
-        if expires:
-            heapq.heappush(self._expiry, (expires, key))
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def _purge_expired(self, now: float) -> None:
-        """Drop every entry whose TTL has passed (amortised: each stored TTL is popped once)."""
-        expiry, entries = self._expiry, self._entries
-        while expiry and expiry[0][0] <= now:
-            expires, key = heapq.heappop(expiry)
-            item = entries.get(key)
-            if item is not None and item[0] == expires:  # not re-stored with another expiry since
-                del entries[key]
 
     async def get(self, key: str) -> bytes | None:
-        return self._live(key)
+        entry = self._entry(key)
+        return None if entry is None else entry[1]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._store(key, value, ttl)
+        self._entries[key] = (self._deadline(ttl), value)
 
     async def add(self, key: str, value: bytes) -> bool:
-        if self._live(key) is not None:
+        if self._entry(key) is not None:
             return False
-        self._store(key, value, None)
+        self._entries[key] = (math.inf, value)
         return True
 
     async def incr(self, key: str, ttl: float) -> int:
-        count = (self._live(key) or 0) + 1
-        if count == 1:
-            self._store(key, count, ttl)
-        else:  # keep the window's original expiry
-            expires, _ = self._entries[key]
-            self._entries[key] = (expires, count)
+        entry = self._entry(key)
+        # the first count of a window sets its expiry; the later ones keep it
+        expires, count = (self._deadline(ttl), 1) if entry is None else (entry[0], entry[1] + 1)
+        self._entries[key] = (expires, count)
         return count
 
     async def ping(self) -> bool:
@@ -96,7 +79,11 @@ class MemoryCache:
 
     async def close(self) -> None:
         self._entries.clear()
-        self._expiry.clear()
+
+
+def _expires(key: str, entry: tuple[float, Any], now: float) -> float:
+    """TLRUCache's time-to-use: the deadline stored with the entry."""
+    return entry[0]
 
 
 def redis_client(url: str, pool_size: int, wait: float | None, **options: Any) -> Any:

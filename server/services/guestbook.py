@@ -88,7 +88,13 @@ def rate_limit_unit(address: str) -> str:
 
 
 class RateLimiter:
-    """A fixed-window counter per client in the cache (so every instance shares it with Redis)."""
+    """A fixed-window counter per client in the cache (so every instance shares it with Redis).
+
+    Not the `limits` library: its windows are whole seconds (a 0.5 s --post-rate would lose its
+    limit, 1.5 s would become 1 s), its Redis storage would bypass RedisCache's timing and its
+    stay-away after a failure, and a refusal's Retry-After would cost two more Redis calls; the
+    windows here line up with the clock, so one atomic INCR (+ PEXPIRE) per post says it all.
+    """
 
     def __init__(self, cache: Cache, limit: int | None, window: float) -> None:
         self.cache = cache
