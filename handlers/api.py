@@ -10,7 +10,6 @@ from tornado.web import url
 
 from server.rules import whole_number
 from server.services.greeting import NAME_PATTERN
-from server.services import Invalid, Unavailable
 
 from .base import PublicError, ApiHandler
 from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs, from_settings
@@ -42,10 +41,7 @@ class HelloApiHandler(ApiHandler):
         self.write_model(HelloOut(message=self._greet(body.name)))
 
     def _greet(self, name: str | None) -> str:
-        try:
-            return self.services.greeting.greet(name)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
+        return self.services.greeting.greet(name)
 
 
 class HelloNameApiHandler(HelloApiHandler):
@@ -104,12 +100,7 @@ class ComputeHandler(ApiHandler):
                                          headers=("Retry-After",))})
     async def post(self) -> None:
         body = self.parse_model(ComputeIn)
-        try:
-            result = await self.services.compute.count_primes(body.n)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
-        except Unavailable as exc:
-            raise PublicError(503, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+        result = await self.services.compute.count_primes(body.n)
         self.write_model(ComputeOut(n=result.n, primes=result.primes,
                                     elapsed_ms=round(result.elapsed_ms, 3),
                                     cpu_ms=round(result.cpu_ms, 3)))
@@ -136,10 +127,7 @@ class FetchHandler(ApiHandler):
     async def post(self) -> None:
         body = self.parse_model(FetchIn)
         started = time.perf_counter()
-        try:
-            results = await self.services.outbound.fetch_all(body.urls, body.method)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
+        results = await self.services.outbound.fetch_all(body.urls, body.method)
         # network failures of the upstream (our own refusals and bad URLs are not)
         upstream_failures = [r for r in results if r.error is not None and r.error.startswith(
             ("timeout", "connection ", "cannot resolve", "TLS error", "network error",
