@@ -106,9 +106,11 @@ def client_message(status_code: int, exc: BaseException | None) -> str:
     """The message a client may see for an error: never exception text of a server fault."""
     if isinstance(exc, PublicError):
         return exc.message
-    if isinstance(exc, tornado.web.HTTPError) and status_code < 500 and exc.log_message:
+    if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
         # Tornado's own 4xx messages ("Missing argument x", "'_xsrf' argument missing") are for clients
-        return exc.log_message % exc.args if exc.args else exc.log_message
+        message = exc.get_message()
+        if message:
+            return message
     return httputil.responses.get(status_code, "Unknown error")
 
 
