@@ -1,8 +1,9 @@
 """With --processes N, every worker shows the whole server: workers share metrics through files.
 
-Each worker writes its metrics snapshot and Prometheus exposition to the supervisor's runtime
-directory once per second (atomically, by rename); whichever worker answers /metrics or
-/api/stats merges its own live numbers with its siblings' latest files.
+Each worker writes its metrics snapshot and Prometheus exposition to the parent's runtime
+directory (lifecycle.run makes it with mkdtemp and removes it at exit) once per second
+(atomically, by rename); whichever worker answers /metrics or /api/stats merges its own live
+numbers with its siblings' latest files.
 """
 from __future__ import annotations
 
