@@ -16,6 +16,8 @@ class ServiceError(Exception):
 class Invalid(ServiceError):
     """The caller's input breaks a rule; `field` names which input."""
 
+    field: str
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
