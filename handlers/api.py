@@ -5,12 +5,13 @@ import asyncio
 import dataclasses
 import json
 import time
+from typing import Any
 
 from tornado.web import url
 
 from server.rules import whole_number
 from server.services.greeting import NAME_PATTERN
-from server.services import Invalid, Unavailable
+from server.services.outbound import FetchKind, FetchResult
 
 from .base import PublicError, ApiHandler
 from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs, from_settings
@@ -42,10 +43,7 @@ class HelloApiHandler(ApiHandler):
         self.write_model(HelloOut(message=self._greet(body.name)))
 
     def _greet(self, name: str | None) -> str:
-        try:
-            return self.services.greeting.greet(name)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
+        return self.services.greeting.greet(name)
 
 
 class HelloNameApiHandler(HelloApiHandler):
@@ -105,15 +103,27 @@ class ComputeHandler(ApiHandler):
                                          headers=("Retry-After",))})
     async def post(self) -> None:
         body = self.parse_model(ComputeIn)
-        try:
-            result = await self.services.compute.count_primes(body.n)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
-        except Unavailable as exc:
-            raise PublicError(503, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+        result = await self.services.compute.count_primes(body.n)
         self.write_model(ComputeOut(n=result.n, primes=result.primes,
                                     elapsed_ms=round(result.elapsed_ms, 3),
                                     cpu_ms=round(result.cpu_ms, 3)))
+
+
+# the answer when every URL failed upstream: 504 when one of them timed out, else 502; the
+# other kinds (a response, our own refusals, bad URLs, too large) make it a 200 with results
+UPSTREAM_FAILURE_STATUS = {
+    FetchKind.TIMEOUT: 504,
+    FetchKind.CONNECTION_REFUSED: 502, FetchKind.CONNECTION_RESET: 502,
+    FetchKind.CONNECTION_CLOSED: 502, FetchKind.UNRESOLVABLE: 502, FetchKind.TLS_ERROR: 502,
+    FetchKind.NETWORK_ERROR: 502, FetchKind.INVALID_RESPONSE: 502,
+}
+
+
+def _reported(result: FetchResult) -> dict[str, Any]:
+    """A result's fields as the API reports them (its kind is the server's, not the client's)."""
+    fields = dataclasses.asdict(result)
+    del fields["kind"]
+    return fields
 
 
 class FetchHandler(ApiHandler):
@@ -137,20 +147,13 @@ class FetchHandler(ApiHandler):
     async def post(self) -> None:
         body = self.parse_model(FetchIn)
         started = time.perf_counter()
-        try:
-            results = await self.services.outbound.fetch_all(body.urls, body.method)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
-        # network failures of the upstream (our own refusals and bad URLs are not)
-        upstream_failures = [r for r in results if r.error is not None and r.error.startswith(
-            ("timeout", "connection ", "cannot resolve", "TLS error", "network error",
-             "invalid response"))]
-        if results and len(upstream_failures) == len(results):
-            status = 504 if any(r.error == "timeout" for r in results) else 502
-            raise PublicError(status, "upstream failed: " + "; ".join(
+        results = await self.services.outbound.fetch_all(body.urls, body.method)
+        failed = [UPSTREAM_FAILURE_STATUS[r.kind] for r in results if r.kind in UPSTREAM_FAILURE_STATUS]
+        if results and len(failed) == len(results):
+            raise PublicError(max(failed), "upstream failed: " + "; ".join(
                 f"{r.url}: {r.error}" for r in results))
         self.write_model(FetchOut(
-            results=[FetchResultOut(**dataclasses.asdict(r)) for r in results],
+            results=[FetchResultOut(**_reported(r)) for r in results],
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3)))
 
 

@@ -7,6 +7,7 @@ import random
 import re
 import time
 import traceback
+from types import TracebackType
 from typing import Any, Mapping, TypeVar
 
 import pydantic
@@ -19,7 +20,7 @@ from server.accesslog import client_address
 from server.config import Settings
 from server.headers import make_headers, normalized
 from server.responses import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
-from server.services import Services
+from server.services import Invalid, NotFound, RateLimited, ServiceError, Services, Unavailable
 from server.state import ServerState
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
@@ -71,13 +72,45 @@ class PublicError(tornado.web.HTTPError):
         self.headers = dict(headers or {})
 
 
+# what each error a service raises means to a client: the one place a service's error becomes
+# an HTTP status, for every handler (API or page); a class's nearest listed base decides
+SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
+    Invalid: 422,      # the input breaks a rule; the field at fault is named
+    NotFound: 404,
+    RateLimited: 429,  # with Retry-After
+    Unavailable: 503,  # with Retry-After
+}
+
+
+def service_status(exc: ServiceError) -> int | None:
+    """The status SERVICE_ERROR_STATUS gives an error (None when no class of it is listed)."""
+    return next((SERVICE_ERROR_STATUS[cls] for cls in type(exc).__mro__
+                 if cls in SERVICE_ERROR_STATUS), None)
+
+
+def public_error(exc: ServiceError, message: str | None = None) -> PublicError:
+    """The HTTP error a service's error is to a client: status from SERVICE_ERROR_STATUS,
+    the service's message (or the page's own words), its field and Retry-After.
+
+    An error whose class is not in the table is a server fault: a 500 with no detail.
+    """
+    status = service_status(exc)
+    if status is None:
+        return PublicError(500, httputil.responses[500])
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return PublicError(status, exc.message if message is None else message, field=exc.field,
+                       headers=headers)
+
+
 def client_message(status_code: int, exc: BaseException | None) -> str:
     """The message a client may see for an error: never exception text of a server fault."""
     if isinstance(exc, PublicError):
         return exc.message
-    if isinstance(exc, tornado.web.HTTPError) and status_code < 500 and exc.log_message:
+    if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
         # Tornado's own 4xx messages ("Missing argument x", "'_xsrf' argument missing") are for clients
-        return exc.log_message % exc.args if exc.args else exc.log_message
+        message = exc.get_message()
+        if message:
+            return message
     return httputil.responses.get(status_code, "Unknown error")
 
 
@@ -169,6 +202,24 @@ class BaseHandler(tornado.web.RequestHandler):
             # tell keep-alive clients to reconnect elsewhere: this process is going away
             self.set_header("Connection", "close")
 
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        # a service's error is logged as the HTTP error it becomes (one line, no traceback)
+        if isinstance(value, ServiceError) and service_status(value) is not None:
+            value = public_error(value)
+            typ = type(value)
+        super().log_exception(typ, value, tb)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # a service's error that escaped the handler gets its status from SERVICE_ERROR_STATUS,
+        # and write_error sees the PublicError it becomes: handlers just call the service
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], ServiceError) and service_status(exc_info[1]):
+            error = public_error(exc_info[1])
+            kwargs["exc_info"] = (type(error), error, exc_info[2])
+            status_code = error.status_code
+        super().send_error(status_code, **kwargs)
+
     def check_xsrf_cookie(self) -> None:
         # a method the handler does not implement is a 405, whatever the cookie says
         if self.request.method.lower() in (m.lower() for m in self.allowed_methods()):
@@ -189,6 +240,14 @@ class PageHandler(BaseHandler):
         namespace["tornado_version"] = tornado.version
         namespace["files_enabled"] = self.config.files is not None
         return namespace
+
+    def set_error_status(self, exc: ServiceError) -> None:
+        """Status and Retry-After for a service's error (SERVICE_ERROR_STATUS), for a page that
+        shows the problem in its own form rather than on the error page."""
+        error = public_error(exc)
+        self.set_status(error.status_code)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")

@@ -8,9 +8,9 @@ import tornado.websocket
 from tornado.web import url
 
 from server.rules import MAX_WHOLE_NUMBER, whole_number
-from server.services import Invalid, NotFound, RateLimited, Unavailable
+from server.services import Invalid, RateLimited, Unavailable
 
-from .base import ApiHandler, BaseHandler, PageHandler, PublicError, WebSocketHandler
+from .base import ApiHandler, BaseHandler, PageHandler, PublicError, WebSocketHandler, public_error
 from .openapi import Param, Response, documented, from_settings
 from .schemas import MessageIn, MessageListOut, MessageOut
 
@@ -45,12 +45,7 @@ class MessagesHandler(ApiHandler):
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self) -> None:
         limit, before = _int_argument(self, "limit"), _int_argument(self, "before")
-        try:
-            page = await self.services.guestbook.list_messages(limit, before)
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
-        except Unavailable as exc:
-            raise unavailable(exc) from None
+        page = await self.services.guestbook.list_messages(limit, before)
         self.set_header("Cache-Control", "no-cache")
         if page.encoded is not None:
             # the cached page is already the response body, in MessageListOut's shape
@@ -72,15 +67,8 @@ class MessagesHandler(ApiHandler):
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def post(self) -> None:
         body = self.parse_model(MessageIn)
-        try:
-            message = await self.services.guestbook.post_message(body.name, body.text,
-                                                                 self.request.remote_ip or "")
-        except Invalid as exc:
-            raise PublicError(422, exc.message, field=exc.field) from None
-        except RateLimited as exc:
-            raise PublicError(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
-        except Unavailable as exc:
-            raise unavailable(exc) from None
+        message = await self.services.guestbook.post_message(body.name, body.text,
+                                                             self.request.remote_ip or "")
         self.set_header("Location", self.reverse_url("api-message", message.id))
         self.write_model(MessageOut(**message.to_json()), 201)
 
@@ -98,12 +86,7 @@ class MessageHandler(ApiHandler):
                            404: "no message with this id",
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self, message_id: str) -> None:
-        try:
-            message = await self.services.guestbook.get_message(_message_id(message_id))
-        except NotFound as exc:
-            raise PublicError(404, exc.message) from None
-        except Unavailable as exc:
-            raise unavailable(exc) from None
+        message = await self.services.guestbook.get_message(_message_id(message_id))
         self.write_model(MessageOut(**message.to_json()))
 
     @documented("Delete a guestbook message (admin token)", security="adminToken",
@@ -117,12 +100,7 @@ class MessageHandler(ApiHandler):
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def delete(self, message_id: str) -> None:
         self._require_admin()
-        try:
-            await self.services.guestbook.delete_message(_message_id(message_id))
-        except NotFound as exc:
-            raise PublicError(404, exc.message) from None
-        except Unavailable as exc:
-            raise unavailable(exc) from None
+        await self.services.guestbook.delete_message(_message_id(message_id))
         self.set_status(204)
         self.finish()
 
@@ -146,16 +124,11 @@ def _message_id(text: str) -> int:
     return message_id
 
 
-def unavailable(exc: Unavailable) -> PublicError:
-    """A 503 for a service outage, with Retry-After."""
-    return PublicError(503, exc.message, headers={"Retry-After": str(exc.retry_after)})
-
-
 class GuestbookPageHandler(PageHandler):
     """GET /guestbook (latest messages and the form) and POST /guestbook (the form, XSRF-checked)."""
 
     async def get(self) -> None:
-        await self._render(status=200)
+        await self._render()
 
     async def post(self) -> None:
         name = self.get_body_argument("name", "")
@@ -164,29 +137,26 @@ class GuestbookPageHandler(PageHandler):
         text = self.get_body_argument("text", "").replace("\r\n", "\n")
         try:
             await self.services.guestbook.post_message(name, text, self.request.remote_ip or "")
-        except Invalid as exc:
-            await self._render(422, errors={exc.field: exc.reason}, name=name, text=text)
-            return
-        except RateLimited as exc:
-            self.set_header("Retry-After", str(exc.retry_after))
-            await self._render(429, errors={"form": exc.message}, name=name, text=text)
+        except (Invalid, RateLimited) as exc:
+            # the form again, the problem beside its field (or above the form)
+            self.set_error_status(exc)
+            errors = {exc.field: exc.reason} if isinstance(exc, Invalid) else {"form": exc.message}
+            await self._render(errors=errors, name=name, text=text)
             return
         # post/redirect/get: a reload does not post twice
         self.redirect(self.reverse_url("guestbook") + "#messages", status=303)
 
-    async def _render(self, status: int, errors: dict[str, str] | None = None, name: str = "",
+    async def _render(self, errors: dict[str, str] | None = None, name: str = "",
                       text: str = "") -> None:
+        """The page in the status already set; the error page when the messages cannot be read."""
         before = _int_argument(self, "before")
         try:
             page = await self.services.guestbook.list_messages(None, before)
-        except Invalid as exc:
-            raise PublicError(422, f"There is no such page of messages ({exc.message}).",
-                              field=exc.field) from None
-        except Unavailable:
-            raise PublicError(503, "The guestbook cannot be read right now: its database is "
-                                   "unavailable. Please try again shortly.",
-                              headers={"Retry-After": "2"}) from None
-        self.set_status(status)
+        except Invalid as exc:  # the page's own words; the status comes from the table
+            raise public_error(exc, f"There is no such page of messages ({exc.message}).") from None
+        except Unavailable as exc:
+            raise public_error(exc, "The guestbook cannot be read right now: its database is "
+                                    "unavailable. Please try again shortly.") from None
         self.render("guestbook.html", page=page, errors=errors or {}, name=name, text=text,
                     before=before, limits=self.services.guestbook)
 

@@ -27,7 +27,7 @@ class HelloPageHandler(PageHandler):
         try:
             greeting = self.services.greeting.clean_name(name)
         except Invalid as exc:
-            self.set_status(422)
+            self.set_error_status(exc)
             self.render("home.html", error=exc.message, name_value=name)
             return
         self.render("hello.html", name=greeting)

@@ -1,9 +1,10 @@
 """With --processes N, every worker shows the whole server: workers share metrics through files.
 
-Each worker writes its metrics snapshot and Prometheus exposition to the supervisor's runtime
-directory once per second (atomically, by rename); whichever worker answers /metrics or
-/api/stats merges its own live numbers with its siblings' latest files; prometheus_client parses
-the expositions and writes the merged one.
+Each worker writes its metrics snapshot and Prometheus exposition to the parent's runtime
+directory (lifecycle.run makes it with mkdtemp and removes it at exit) once per second
+(atomically, by rename); whichever worker answers /metrics or /api/stats merges its own live
+numbers with its siblings' latest files; prometheus_client parses the expositions and writes the
+merged one.
 
 Not prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR + MultiProcessCollector): it
 exports no custom collector (the request counts kept in plain dicts and folded at scrape time, the

@@ -4,13 +4,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
@@ -139,9 +142,10 @@ class ServerRuntime:
     """
 
     def __init__(self, settings: Settings, worker: int | None = None,
-                 app_spec: AppSpec | None = None) -> None:
+                 app_spec: AppSpec | None = None, cluster_dir: Path | None = None) -> None:
         self.settings = settings
         self.worker = worker  # the slot under a --processes supervisor, None when alone
+        self.cluster_dir = cluster_dir  # where the supervisor's workers share their metrics
         self.app_spec = app_spec  # --app: the user's application instead of this project's
         self.state = ServerState()
         self.http: DrainingHTTPServer | None = None
@@ -164,9 +168,8 @@ class ServerRuntime:
                 await self._prepare_foreign(self.app_spec)
                 return
             self.services = await self._stack.enter_async_context(open_services(s, self.metrics))
-            cluster_dir = os.environ.get("TORNADO_HPS_CLUSTER_DIR")
-            if self.worker is not None and cluster_dir:
-                self._cluster = ClusterView(Path(cluster_dir), self.worker, self.metrics)
+            if self.worker is not None and self.cluster_dir is not None:
+                self._cluster = ClusterView(self.cluster_dir, self.worker, self.metrics)
             app = self.app = make_app(s, self.services, self.state, self.metrics, self._cluster)
             # the access lines still waiting are written once the server has stopped serving
             observer = app.settings["log_function"]
@@ -271,14 +274,14 @@ class ServerRuntime:
 async def serve(settings: Settings, http_sockets: list[socket.socket] | None,
                 tcp_sockets: list[socket.socket] | None = None,
                 announce: Callable[[str], None] = print, worker: int | None = None,
-                app_spec: AppSpec | None = None) -> int:
+                app_spec: AppSpec | None = None, cluster_dir: Path | None = None) -> int:
     """Run the server until SIGTERM/SIGINT, drain, and return the process exit code.
 
     ``http_sockets`` None: bind them once the application is built (a foreign application in
     one process: a factory that fails is reported before any socket is bound).
     """
     loop = asyncio.get_running_loop()
-    runtime = ServerRuntime(settings, worker, app_spec)
+    runtime = ServerRuntime(settings, worker, app_spec, cluster_dir)
     await runtime.prepare()
     if http_sockets is None:
         try:
@@ -353,7 +356,14 @@ def run(settings: Settings) -> int:
         if own_secret:
             ensure_secret()  # before any fork: workers then read one finished file
         from .supervisor import run_supervised
-        return run_supervised(settings, run_child, bind)
+        uvloop = uvloop_or_none(settings)  # chosen before forking, so a missing uvloop is one line
+        # the workers' shared metrics files: a fresh directory only this user can enter
+        runtime_dir = Path(tempfile.mkdtemp(prefix="tornado-hps-"))
+        try:
+            return run_supervised(settings, functools.partial(
+                run_child, uvloop=uvloop, runtime_dir=runtime_dir), bind)
+        finally:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
 
     def announce(line: str) -> None:
         print(line, flush=True)
@@ -371,11 +381,13 @@ def run(settings: Settings) -> int:
     return run_loop(settings, serve(settings, http_sockets, tcp_sockets, announce))
 
 
-def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
+def run_child(settings: Settings, slot: object, ready_fd: int, uvloop: Any,
+              runtime_dir: Path) -> int:
     """One worker under the supervisor: serve on the slot's sockets, report readiness on a pipe.
 
-    A foreign application is built here, after the fork (its module was imported, and checked,
-    by the supervisor before binding); one that fails to build is one line and exit code 2.
+    ``uvloop`` (the module, or None for asyncio) and ``runtime_dir`` were chosen by the parent
+    before it forked. A foreign application is built here, after the fork (its module was
+    imported, and checked, before binding); one that fails to build is one line and exit code 2.
     """
     from .supervisor import CONFIG_ERROR, READY
 
@@ -386,8 +398,9 @@ def run_child(settings: Settings, slot: object, ready_fd: int) -> int:
 
     try:
         spec = appspec.resolve(settings.app, settings.app_dir) if settings.app else None
-        return run_loop(settings, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
-                                        announce, worker=slot.index, app_spec=spec))  # type: ignore[attr-defined]
+        return run_on(uvloop, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
+                                    announce, worker=slot.index, app_spec=spec,  # type: ignore[attr-defined]
+                                    cluster_dir=runtime_dir))
     except ConfigError as exc:
         os.write(ready_fd, CONFIG_ERROR + str(exc).encode())  # the supervisor says it, once
         return EXIT_CONFIG
@@ -413,6 +426,11 @@ def run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
     except ConfigError:
         main.close()
         raise
+    return run_on(uvloop, main)
+
+
+def run_on(uvloop: Any, main: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine on uvloop (the module) or, given None, on asyncio's event loop."""
     return asyncio.run(main) if uvloop is None else uvloop.run(main)
 
 

@@ -19,7 +19,6 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from .config import Settings
@@ -69,7 +68,6 @@ class Supervisor:
         self.stop_signals = 0
         self.roll_requested = False
         self.exit_codes: list[int] = []
-        self.runtime_dir = Path(f"/tmp/tornado-hps-{os.getpid()}")
 
     # --- children ---
 
@@ -200,36 +198,29 @@ class Supervisor:
         """Supervise until told to stop; the exit code is 0 only if every child drained cleanly."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self.runtime_dir.mkdir(exist_ok=True)
-        os.environ["TORNADO_HPS_CLUSTER_DIR"] = str(self.runtime_dir)
-        try:
-            for slot in self.slots:
-                self.spawn(slot)
-            for slot in self.slots:
-                if not self.wait_ready(slot):
-                    self.stop_children(signal.SIGKILL)
-                    if slot.error is not None:  # every child would say it: said once
-                        print(f"python -m server: error: {slot.error}", file=sys.stderr, flush=True)
-                        return EXIT_CONFIG
-                    log.error("child for slot %d did not start", slot.index)
-                    return 1
-            if self.tcp_port is not None:
-                announce(f"TCP greeting service on {self.settings.address}:{self.tcp_port}")
-            url = self.settings.replace(port=self.port).url
-            announce(f"Serving on {url} (pid {os.getpid()}, {len(self.slots)} processes)")
-            healthy = True
-            while not self.stop_signals and healthy:
-                healthy = self.handle_exits(self.reap(), stopping=False)
-                if self.roll_requested:
-                    self.roll_requested = False
-                    self.roll()
-                self.restart_due()
-                time.sleep(0.05)
-            return self.shutdown() if healthy else self.give_up()
-        finally:
-            for path in self.runtime_dir.glob("*"):
-                path.unlink(missing_ok=True)
-            self.runtime_dir.rmdir() if self.runtime_dir.exists() else None
+        for slot in self.slots:
+            self.spawn(slot)
+        for slot in self.slots:
+            if not self.wait_ready(slot):
+                self.stop_children(signal.SIGKILL)
+                if slot.error is not None:  # every child would say it: said once
+                    print(f"python -m server: error: {slot.error}", file=sys.stderr, flush=True)
+                    return EXIT_CONFIG
+                log.error("child for slot %d did not start", slot.index)
+                return 1
+        if self.tcp_port is not None:
+            announce(f"TCP greeting service on {self.settings.address}:{self.tcp_port}")
+        url = self.settings.replace(port=self.port).url
+        announce(f"Serving on {url} (pid {os.getpid()}, {len(self.slots)} processes)")
+        healthy = True
+        while not self.stop_signals and healthy:
+            healthy = self.handle_exits(self.reap(), stopping=False)
+            if self.roll_requested:
+                self.roll_requested = False
+                self.roll()
+            self.restart_due()
+            time.sleep(0.05)
+        return self.shutdown() if healthy else self.give_up()
 
     def close_listeners(self) -> None:
         """Drop the parent's copies of the listening sockets (the children then own the last ones)."""
@@ -275,9 +266,11 @@ class Supervisor:
 
 def run_supervised(settings: Settings, run_child: Callable[[Settings, Slot, int], int],
                    bind: Callable[..., list[socket.socket]]) -> int:
-    """Entry point of --processes N (N > 1)."""
-    from .lifecycle import uvloop_or_none
-    uvloop_or_none(settings)  # checked before forking, so a missing uvloop is one line
+    """Entry point of --processes N (N > 1).
+
+    ``run_child`` is all a child needs beyond its slot: the caller binds into it what it chose
+    before the fork (the event loop, the runtime directory the workers share).
+    """
     supervisor = Supervisor(settings, run_child, bind)
 
     def announce(line: str) -> None:

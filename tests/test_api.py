@@ -76,6 +76,14 @@ async def test_malformed_json_is_400(api):
     assert json_of(response)["error"]["message"].startswith("malformed JSON")
 
 
+async def test_tornado_message_with_a_percent_sign_is_shown_as_sent(api):
+    # the path is not UTF-8: Tornado's own 400 quotes its bytes, "%" and all (it showed "100%%")
+    response = await api.get("/api/hello/100%25%FF")
+    assert response.code == 400
+    assert json_of(response) == {"error": {"status": 400,
+                                           "message": "Invalid unicode in url: b'100%\\xff'"}}
+
+
 async def test_wrong_content_type_is_415(api):
     response = await api.post("/api/hello", b"name=ada",
                               headers={"Content-Type": "application/x-www-form-urlencoded"})

@@ -1,9 +1,11 @@
 """Guestbook faults with real components: SIGKILL after writes, PostgreSQL and Redis stopped and restarted."""
 import asyncio
 import json
+import re
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -74,8 +76,17 @@ async def in_executor(function, *args):
 @pytestmark_async
 async def test_database_outage_is_503_and_recovers_by_itself(api, postgres_server):
     created = json_of(await api.post("/api/messages", {"name": "Before", "text": "the outage"}))
+    form = await api.get("/guestbook")  # the page's form, signed while the database is up
+    token = re.search(r'name="_xsrf" value="([^"]+)"', form.body.decode()).group(1)
+    cookie = form.headers["Set-Cookie"].split(";", 1)[0]
     await in_executor(postgres_server.stop)
     try:
+        signed = await api.post("/guestbook", urllib.parse.urlencode(
+            {"name": "During", "text": "the outage", "_xsrf": token}).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
+        assert signed.code == 503 and '<p class="status">503</p>' in signed.body.decode()
+        assert "database is unavailable" in signed.body.decode()
+        assert int(signed.headers["Retry-After"]) >= 1
         refused = await api.post("/api/messages", {"name": "During", "text": "the outage"})
         assert refused.code == 503
         assert "database is unavailable" in json_of(refused)["error"]["message"]

@@ -150,6 +150,17 @@ async def test_database_cache_and_outbound_calls_are_timed(api, upstream):
 
 
 @gen_test
+@pytest.mark.server_settings(outbound_timeout=0.5, outbound_max_bytes=64 * 1024)
+async def test_each_way_a_fetch_ends_is_counted_under_its_label(api, upstream):
+    await api.post("/api/fetch", {"urls": [
+        upstream + "/missing", upstream + "/sleep?s=3", "ftp://127.0.0.1/file",
+        "http://127.0.0.1:1/", upstream + "/big", upstream + "/reset"]})
+    outbound = samples(await scrape(api), "outbound_requests_total")
+    assert {labels[0][1]: count for labels, count in outbound.items()} == {
+        "http_error": 1, "timeout": 1, "invalid": 1, "connect_error": 1, "too_large": 1, "error": 1}
+
+
+@gen_test
 async def test_stats_summarise_the_same(api):
     for _ in range(5):
         await api.get("/api/hello/stats")

@@ -69,6 +69,13 @@ async def test_unknown_page_is_a_styled_404(api):
     assert "Traceback" not in html
 
 
+async def test_tornado_message_with_a_percent_sign_is_shown_as_sent_on_the_page(api):
+    response = await api.get("/hello/100%25%FF")  # not UTF-8: Tornado's own 400
+    html = response.body.decode()
+    assert response.code == 400 and '<p class="status">400</p>' in html
+    assert "Invalid unicode in url: b&#x27;100%\\xff&#x27;" in html and "%%" not in html
+
+
 async def test_post_to_a_page_is_405_not_a_traceback(api):
     response = await api.post("/hello", b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
     # a method the page does not have is a 405 (not the XSRF check's 403), as a styled page

@@ -65,6 +65,20 @@ def test_two_workers_share_the_port_and_the_metrics(live_server_factory):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
 
 
+def test_workers_share_metrics_in_a_private_directory_removed_at_exit(live_server_factory, tmp_path):
+    server = live_server_factory("--processes", "2", "--access-log", "off",
+                                 env={"TMPDIR": str(tmp_path)})
+    (runtime,) = tmp_path.glob("tornado-hps-*")  # a fresh name (mkdtemp), not the parent's pid
+    assert runtime.stat().st_mode & 0o777 == 0o700, "only this user may read or plant files"
+    deadline = time.monotonic() + 10
+    while len(list(runtime.glob("worker-*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(list(runtime.glob("worker-*.json"))) == 2, "each worker publishes its numbers there"
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not runtime.exists()
+
+
 def test_a_killed_worker_is_restarted_and_only_its_connections_fail(live_server_factory, tmp_path):
     server = live_server_factory("--processes", "2", "--access-log", "off")
     before = server_children(server)
@@ -96,8 +110,9 @@ def test_sighup_rolls_every_worker_under_load_with_no_failed_request(live_server
     assert result["requests"]["responses"]["200"] > 1000
 
 
-def test_children_crashing_in_a_loop_make_the_supervisor_give_up(live_server_factory):
-    server = live_server_factory("--processes", "2", "--max-restarts", "2", "--access-log", "off")
+def test_children_crashing_in_a_loop_make_the_supervisor_give_up(live_server_factory, tmp_path):
+    server = live_server_factory("--processes", "2", "--max-restarts", "2", "--access-log", "off",
+                                 env={"TMPDIR": str(tmp_path)})
     deadline = time.monotonic() + 30
     while server.proc.poll() is None and time.monotonic() < deadline:
         for pid in server_children(server):
@@ -108,3 +123,4 @@ def test_children_crashing_in_a_loop_make_the_supervisor_give_up(live_server_fac
         time.sleep(0.3)
     assert server.wait() == 1
     assert "giving up" in server.stderr
+    assert not list(tmp_path.glob("tornado-hps-*")), "the runtime directory is removed"

@@ -1,9 +1,11 @@
 """The TCP greeting service (seed 000) on a real socket: greetings, many clients, limits."""
 import asyncio
+import sys
 
 import pytest
 from tornado.netutil import bind_sockets
 
+from conftest import PROJECT_ROOT
 from server.services.greeting import GreetingService
 from server.tcp import GreetingTCPServer
 
@@ -101,3 +103,14 @@ async def test_shutdown_closes_clients(tcp_service):
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", tcp_service.port)
     writer.close()
+
+
+async def test_importing_the_tcp_service_does_not_load_the_fast_engine():
+    # the greeting service needs engine.listeners only: the fast engine and httptools (its
+    # parser, an optional speed-up) load when --engine fast asks for them, not on import
+    check = ("import server.tcp, sys; loaded = [m for m in ('httptools', 'server.engine.server') "
+             "if m in sys.modules]; assert not loaded, loaded")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", check, cwd=PROJECT_ROOT,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, errors = await proc.communicate()
+    assert proc.returncode == 0, errors.decode()

@@ -1,9 +1,12 @@
-"""Exceptions services raise; handlers map them to HTTP statuses at the call site."""
+"""Exceptions services raise; handlers/base.py maps each class to an HTTP status in one table."""
 from __future__ import annotations
 
 
 class ServiceError(Exception):
     """Base of every error a service reports to its caller."""
+
+    field: str | None = None  # the input at fault, when one is
+    retry_after: int | None = None  # seconds after which trying again may succeed
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -12,6 +15,8 @@ class ServiceError(Exception):
 
 class Invalid(ServiceError):
     """The caller's input breaks a rule; `field` names which input."""
+
+    field: str
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

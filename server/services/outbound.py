@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
 import re
 import socket
@@ -138,12 +139,39 @@ def extract_title(body: bytes, content_type: str | None) -> str | None:
     return title[:MAX_TITLE_CHARS] or None
 
 
+class FetchKind(enum.Enum):
+    """How the fetch of one URL ended: a fixed set, so no caller reads the error's text."""
+
+    OK = "ok"                                # an HTTP response, status below 400
+    HTTP_ERROR = "http_error"                # an HTTP response, status 400 or above
+    BAD_URL = "bad_url"                      # not an http(s) URL with a host and a valid port
+    REFUSED = "refused"                      # the SSRF guard: a non-public address
+    TOO_LARGE = "too_large"                  # more than max_bytes, declared or sent
+    TIMEOUT = "timeout"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECTION_RESET = "connection_reset"
+    CONNECTION_CLOSED = "connection_closed"  # closed before a complete response
+    UNRESOLVABLE = "unresolvable"            # the host name does not resolve
+    TLS_ERROR = "tls_error"
+    NETWORK_ERROR = "network_error"          # any other failure the HTTP client reports (599)
+    INVALID_RESPONSE = "invalid_response"    # a head whose body cannot be framed
+    OTHER = "other"                          # another OS error or exception
+
+
+# the label of each kind in the outbound metrics (a small, fixed set of series)
+METRIC_LABELS = {FetchKind.OK: "ok", FetchKind.HTTP_ERROR: "http_error",
+                 FetchKind.REFUSED: "refused", FetchKind.TIMEOUT: "timeout",
+                 FetchKind.TOO_LARGE: "too_large", FetchKind.CONNECTION_REFUSED: "connect_error",
+                 FetchKind.UNRESOLVABLE: "dns_error", FetchKind.BAD_URL: "invalid"}
+
+
 @dataclass
 class FetchResult:
     """What happened to one URL."""
 
     url: str
     ok: bool
+    kind: FetchKind
     status: int | None = None
     reason: str | None = None
     time_ms: float = 0.0
@@ -170,38 +198,27 @@ def _check_url(url: Any) -> str | None:
     return None
 
 
-def describe_error(exc: BaseException) -> str:
-    """A short, human-readable reason a fetch failed, without internals."""
+def classify_failure(exc: BaseException) -> tuple[FetchKind, str]:
+    """The kind of a failed fetch and a short, human-readable reason, without internals."""
     if isinstance(exc, OutboundRefused):
-        return f"refused: {exc}"
+        return FetchKind.REFUSED, f"refused: {exc}"
     if isinstance(exc, HTTPTimeoutError) or isinstance(exc, asyncio.TimeoutError):
-        return "timeout"
+        return FetchKind.TIMEOUT, "timeout"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
+        return FetchKind.CONNECTION_REFUSED, "connection refused"
     if isinstance(exc, ConnectionResetError):
-        return "connection reset"
+        return FetchKind.CONNECTION_RESET, "connection reset"
     if isinstance(exc, socket.gaierror):
-        return "cannot resolve host"
+        return FetchKind.UNRESOLVABLE, "cannot resolve host"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        return FetchKind.TLS_ERROR, f"TLS error: {exc.reason or exc}"
     if isinstance(exc, HTTPStreamClosedError):
-        return "connection closed before a complete response"
+        return FetchKind.CONNECTION_CLOSED, "connection closed before a complete response"
     if isinstance(exc, HTTPClientError) and exc.code == 599:
-        return exc.message or "network error"
+        return FetchKind.NETWORK_ERROR, exc.message or "network error"
     if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return type(exc).__name__
-
-
-def _result_kind(result: FetchResult) -> str:
-    """A small, fixed set of labels for outbound metrics."""
-    if result.error is None:
-        return "ok" if result.ok else "http_error"
-    for prefix, kind in (("refused", "refused"), ("timeout", "timeout"), ("response larger", "too_large"),
-                         ("connection refused", "connect_error"), ("cannot resolve", "dns_error")):
-        if result.error.startswith(prefix):
-            return kind
-    return "invalid" if result.status is None and result.time_ms == 0 else "error"
+        return FetchKind.OTHER, exc.strerror or type(exc).__name__
+    return FetchKind.OTHER, type(exc).__name__
 
 
 class OutboundService:
@@ -237,13 +254,14 @@ class OutboundService:
         """Fetch one URL; every failure is described in the result, never raised."""
         result = await self._fetch_one(url, method)
         if self.metrics is not None:
-            self.metrics.observe_outbound(_result_kind(result), result.time_ms / 1000)
+            self.metrics.observe_outbound(METRIC_LABELS.get(result.kind, "error"),
+                                          result.time_ms / 1000)
         return result
 
     async def _fetch_one(self, url: str, method: str) -> FetchResult:
         problem = _check_url(url)
         if problem:
-            return FetchResult(url=url, ok=False, error=problem)
+            return FetchResult(url=url, ok=False, kind=FetchKind.BAD_URL, error=problem)
         kept = bytearray()
         seen: dict[str, Any] = {"size": 0, "declared": None, "head": {}, "invalid": None}
 
@@ -284,17 +302,18 @@ class OutboundService:
         elapsed = (time.perf_counter() - started) * 1000
         declared = seen["declared"]
         if (declared is not None and declared > self.max_bytes) or seen["size"] > self.max_bytes:
-            return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
-                               error=f"response larger than {self.max_bytes} bytes")
+            return FetchResult(url=url, ok=False, kind=FetchKind.TOO_LARGE, time_ms=round(elapsed, 3),
+                               size=seen["size"], error=f"response larger than {self.max_bytes} bytes")
         if failure is not None:
             # Tornado closes on a head whose body it cannot frame and says only "Connection closed"
-            error = (f"{INVALID_RESPONSE}: {seen['invalid']}" if seen["invalid"] is not None
-                     else describe_error(failure))
-            return FetchResult(url=url, ok=False, time_ms=round(elapsed, 3), size=seen["size"],
-                               error=error)
+            kind, error = ((FetchKind.INVALID_RESPONSE, f"{INVALID_RESPONSE}: {seen['invalid']}")
+                           if seen["invalid"] is not None else classify_failure(failure))
+            return FetchResult(url=url, ok=False, kind=kind, time_ms=round(elapsed, 3),
+                               size=seen["size"], error=error)
         headers = {name: response.headers[name] for name in REPORTED_HEADERS if name in response.headers}
+        ok = 200 <= response.code < 400
         return FetchResult(
-            url=url, ok=200 <= response.code < 400, status=response.code,
+            url=url, ok=ok, kind=FetchKind.OK if ok else FetchKind.HTTP_ERROR, status=response.code,
             reason=response.reason or httputil.responses.get(response.code, ""),
             time_ms=round(elapsed, 3), size=seen["size"], final_url=response.effective_url,
             headers=headers,
