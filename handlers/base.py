@@ -18,7 +18,8 @@ from tornado import httputil
 from server import __version__
 from server.accesslog import client_address
 from server.config import Settings
-from server.headers import make_headers, normalized
+from server import compat
+from server.compat import make_headers, normalized
 from server.responses import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 from server.services import Invalid, NotFound, RateLimited, ServiceError, Services, Unavailable
 from server.state import ServerState
@@ -40,7 +41,7 @@ _date = [0, ""]
 _SECURITY_HEADERS = tuple((normalized(name), value) for name, value in SECURITY_HEADERS)
 _REQUEST_ID_HEADER = normalized("X-Request-ID")
 for _name, _value in (*_SECURITY_HEADERS, ("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)):
-    tornado.web.RequestHandler._convert_header_value(None, _value)  # raises on a bad value
+    compat.check_header_value(_value)  # raises on a bad value
 
 
 def http_date() -> str:
@@ -180,21 +181,17 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.request.protocol == "https":
             as_list["Strict-Transport-Security"] = [STRICT_TRANSPORT_SECURITY]
         as_list[_REQUEST_ID_HEADER] = [self.request_id]  # validated: REQUEST_ID or hex
-        self._headers = make_headers(as_list)
-        self.set_default_headers()
-        self._write_buffer: list[bytes] = []
-        self._status_code = 200
-        self._reason = "OK"
+        compat.reset_response(self, make_headers(as_list))  # runs set_default_headers()
 
     def finish(self, chunk: Any = None) -> Any:
-        if self.server_state.draining and not self._headers_written:
+        if self.server_state.draining and not compat.headers_written(self):
             # this process is going away: the client should not reuse the connection
             self.set_header("Connection", "close")
         return super().finish(chunk)
 
     def flush(self, include_footers: bool = False) -> Any:
         if self.request.method != "HEAD":
-            self.bytes_sent += sum(map(len, self._write_buffer))
+            self.bytes_sent += compat.buffered_body_bytes(self)
         return super().flush(include_footers)
 
     def prepare(self) -> None:

@@ -186,7 +186,7 @@ class RequestObserver:
                 request.method, request.uri, request.version, request.remote_ip, request.headers,
                 status, getattr(handler, "bytes_sent", None) or getattr(request, "bytes_sent", 0),
                 seconds,
-                getattr(handler, "request_id", "-"), request._start_time))
+                getattr(handler, "request_id", "-"), time.time() - seconds))
 
     def refused(self, refusal: Refusal, size: int) -> None:
         """Record a request the HTTP server refused itself (route "refused" in the metrics)."""

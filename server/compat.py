@@ -1,17 +1,65 @@
 """What the server needs from library internals, in one place, each use explained and tested.
 
 Public APIs are used everywhere else; what is here has no public equivalent in the versions
-setup.cfg allows, and each function says which versions need it.
+setup.cfg allows (Tornado 6.5.7 to 6.6.x), and each function says why it needs it.
+tests/test_compat.py exercises every one, and runs itself again on the lowest Tornado that
+setup.cfg allows. What a timeout or a limit depends on is checked when this module is imported:
+a Tornado that moved it fails loudly here instead of silently switching the timeout off.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any, Callable
 
+import tornado.web
 from tornado import httputil, iostream
+from tornado.concurrent import Future
 from tornado.http1connection import HTTP1Connection
+from tornado.httpserver import HTTPServer
 
 from . import rules
+
+
+def _require(function: Any, *attributes: str) -> None:
+    """Fail at import unless ``function`` (a Tornado __init__) still sets these attributes."""
+    missing = [name for name in attributes if name not in function.__code__.co_names]
+    if missing:
+        raise ImportError(f"Tornado {tornado.version} no longer sets {', '.join(missing)} in "
+                          f"{function.__qualname__}: server.compat needs updating (the tornado "
+                          f"engine's header and send timeouts and connection count read them)")
+
+
+_require(iostream.BaseIOStream.__init__, "_read_buffer_size", "_total_write_done_index")
+_require(HTTPServer.initialize, "_connections")
+_require(tornado.web.RequestHandler.clear, "_headers", "_write_buffer", "_status_code",
+         "_reason")
+_require(HTTP1Connection.__init__, "_max_body_size")
+
+
+# --- the tornado engine (server/httpserver.py): Tornado's HTTPServer and IOStream ---
+
+def open_connections(server: HTTPServer) -> Any:
+    """The HTTP1ServerConnections an HTTPServer is serving (Tornado keeps them in a set).
+
+    The tornado engine counts them for --max-connections and sweeps them for its timeouts;
+    HTTPServer has no public accessor.
+    """
+    return server._connections
+
+
+def buffered_read_bytes(stream: iostream.BaseIOStream) -> int:
+    """Bytes the IOStream has read from the socket and not yet given out.
+
+    The tornado engine's header timeout starts when the first byte of a head arrives: that is
+    when this becomes non-zero on an idle keep-alive connection.
+    """
+    return stream._read_buffer_size
+
+
+def bytes_written(stream: iostream.BaseIOStream) -> int:
+    """Bytes the IOStream has handed to the kernel so far (its send timeout watches progress)."""
+    return stream._total_write_done_index
 
 
 def release_transport(transport: Any) -> None:
@@ -97,3 +145,147 @@ def validate_response_framing(request_conn: Any) -> None:
     """
     if type(request_conn) is HTTP1Connection:
         request_conn.__class__ = _FramedHTTP1Connection
+
+
+# --- RequestHandler: the per-request reset BaseHandler.clear() does faster ---
+
+def check_header_value(value: str) -> None:
+    """Raise ValueError for a header value RequestHandler.set_header would refuse (once, at import)."""
+    tornado.web.RequestHandler._convert_header_value(None, value)  # type: ignore[arg-type]
+
+
+def reset_response(handler: tornado.web.RequestHandler, headers: httputil.HTTPHeaders) -> None:
+    """What RequestHandler.clear() does, with these default headers: they become the response's,
+    the set_default_headers() hook runs, then the body is emptied and the status is 200 OK, in
+    Tornado's order. BaseHandler.clear() builds its headers from values checked once (Tornado's
+    formats the date and validates each default header on every request)."""
+    handler._headers = headers
+    handler.set_default_headers()
+    handler._write_buffer = []
+    handler._status_code = 200
+    handler._reason = "OK"
+
+
+def headers_written(handler: tornado.web.RequestHandler) -> bool:
+    """Whether the response's status line and headers have been flushed already."""
+    return handler._headers_written
+
+
+def buffered_body_bytes(handler: tornado.web.RequestHandler) -> int:
+    """Body bytes written and not yet flushed (BaseHandler counts the bytes it sends)."""
+    return sum(map(len, handler._write_buffer))
+
+
+# --- starting a handler: tornado.web._HandlerDelegate with one create_task ---
+
+# Handler tasks in flight: asyncio keeps only weak references to tasks (as IOLoop._pending_tasks)
+_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+def _handler_done(task: asyncio.Task[Any]) -> None:
+    _RUNNING.discard(task)
+    if not task.cancelled():
+        task.result()  # _execute catches everything; anything else is logged by the loop
+
+
+class HandlerDelegate(tornado.web._HandlerDelegate):
+    """Tornado's per-request delegate, starting the handler's task with less bookkeeping.
+
+    Tornado wraps ``handler._execute()`` with ``gen.convert_yielded``: ``asyncio.ensure_future``
+    and ``IOLoop.current()`` (each asks for the running loop, a ``getpid`` system call each),
+    a task registry and two done-callbacks. Here: one ``create_task`` on the running loop, one
+    strong reference, one callback that drops it and surfaces what the task raised, as Tornado's
+    does. The handler still runs as an asyncio Task (``asyncio.current_task()``,
+    ``asyncio.timeout()`` work inside it). Tornado has no public hook to start a handler.
+    """
+
+    def execute(self) -> Any:
+        settings = self.application.settings
+        if not (settings.get("compiled_template_cache", True)
+                and settings.get("static_hash_cache", True)):
+            return super().execute()  # debug mode: Tornado's own reloading path
+        self.handler = handler = self.handler_class(self.application, self.request,
+                                                    **self.handler_kwargs)
+        transforms = [t(self.request) for t in self.application.transforms]
+        if self.stream_request_body:
+            handler._prepared_future = Future()
+        task = asyncio.get_running_loop().create_task(
+            handler._execute(transforms, *self.path_args, **self.path_kwargs))
+        _RUNNING.add(task)
+        task.add_done_callback(_handler_done)
+        return handler._prepared_future
+
+
+# --- HTTPHeaders built straight from {name: [values]} dicts, on the per-request paths ---
+# Tornado 6.6's HTTPHeaders keeps {name: [values]} in ``_as_list`` plus a lazily filled
+# ``_combined_cache``. The fast engine's parser (llhttp has validated and the engine normalised
+# every header) and BaseHandler.clear() (constant defaults, checked once) build that dict
+# directly instead of paying a normalisation and a regex check per header. With any other layout
+# of HTTPHeaders, ``make_headers`` falls back to the public ``add()``.
+
+def normalized(name: str) -> str:
+    """A header name as HTTPHeaders stores it ("X-Request-ID" -> "X-Request-Id")."""
+    probe = httputil.HTTPHeaders()
+    probe[name] = ""
+    return next(iter(probe))
+
+
+# Tornado's lru-cached normalisation (private: the public probe above when it is gone)
+_normalize = getattr(httputil, "_normalize_header", normalized)
+
+
+def _headers_layout_known() -> bool:
+    probe = httputil.HTTPHeaders()
+    probe.add("A", "1")
+    return (set(vars(probe)) == {"_as_list", "_combined_cache"} and probe._as_list == {"A": ["1"]}
+            and _normalize("x-rEQUEST-id") == "X-Request-Id")
+
+
+FAST_HEADERS = _headers_layout_known()
+_MISSING = object()
+
+
+class Headers(httputil.HTTPHeaders):
+    """HTTPHeaders whose get() answers for an absent name without an exception.
+
+    ``HTTPHeaders.get`` is ``Mapping.get``: ``self[name]`` raising KeyError, caught. Tornado asks
+    for absent headers on every request (Content-Type of a GET in ``_parse_body``,
+    If-None-Match in ``check_etag_header``) and the application does too (X-Request-ID); each
+    miss raised and caught an exception. Same answers, same caching of combined values.
+    """
+
+    def get(self, name: str, default: Any = None) -> Any:
+        header = _normalize(name)
+        combined = self._combined_cache
+        value = combined.get(header, _MISSING)
+        if value is _MISSING:
+            values = self._as_list.get(header)
+            if values is None:
+                return default
+            value = combined[header] = ",".join(values)
+        return value
+
+
+_new_headers = Headers.__new__
+
+
+def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
+    """An HTTPHeaders holding these (already validated, normalised) header lines; takes the dict."""
+    if FAST_HEADERS:
+        headers = _new_headers(Headers)
+        headers._as_list = as_list
+        headers._combined_cache = {}
+        return headers
+    headers = httputil.HTTPHeaders()
+    for name, values in as_list.items():
+        for value in values:
+            headers.add(name, value)
+    return headers
+
+
+def header_lists(headers: httputil.HTTPHeaders) -> dict[str, list[str]]:
+    """{name: [values]} of these headers: Tornado's own dict when the layout is known (read, not
+    copied: the caller must not change it), else a copy made through the public API."""
+    if FAST_HEADERS:
+        return headers._as_list  # type: ignore[attr-defined, no-any-return]
+    return {name: headers.get_list(name) for name in headers}

@@ -127,7 +127,7 @@ class DrainingHTTPServer(HTTPServer):
     @property
     def connection_count(self) -> int:
         """Open HTTP connections."""
-        return len(self._connections)
+        return len(compat.open_connections(self))
 
     @property
     def refused_connections(self) -> int:
@@ -136,7 +136,7 @@ class DrainingHTTPServer(HTTPServer):
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
         """Serve a new connection, or close it at once when --max-connections are open."""
-        if self.cap.full(len(self._connections)):
+        if self.cap.full(len(compat.open_connections(self))):
             self.cap.refuse()
             stream.close()
             return
@@ -180,13 +180,13 @@ class DrainingHTTPServer(HTTPServer):
         late: list[HTTP1ServerConnection] = []
         if self.header_timeout:
             deadlines, busy = self.head_deadline, self.busy
-            for conn in self._connections:
+            for conn in compat.open_connections(self):
                 if conn in busy:
                     continue
                 deadline = deadlines.get(conn)
                 if deadline is None:
                     # bytes buffered while waiting for a head: a head has begun, its timer starts
-                    if getattr(conn.stream, "_read_buffer_size", 0):
+                    if compat.buffered_read_bytes(conn.stream):
                         deadlines[conn] = now + self.header_timeout
                 elif deadline <= now:
                     late.append(conn)
@@ -199,7 +199,7 @@ class DrainingHTTPServer(HTTPServer):
                 if not stream.writing():
                     progress.pop(conn, None)
                     continue
-                sent = getattr(stream, "_total_write_done_index", 0)
+                sent = compat.bytes_written(stream)
                 seen = progress.get(conn)
                 if seen is None or seen[0] != sent:
                     progress[conn] = (sent, now + self.send_timeout)
@@ -214,7 +214,7 @@ class DrainingHTTPServer(HTTPServer):
             self.send_progress.pop(conn, None)
             reset_on_close(conn.stream.socket)
             conn.stream.close()
-        if self._connections:
+        if compat.open_connections(self):
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
     def reject(self, request_conn: HTTP1Connection, start_line: Any,
@@ -259,9 +259,9 @@ class DrainingHTTPServer(HTTPServer):
         self.draining = True
         self.stop()  # stop accepting: with no other holder of the socket, new connections are refused
         deadline = time.monotonic() + timeout
-        while self._connections and time.monotonic() < deadline:
+        while compat.open_connections(self) and time.monotonic() < deadline:
             now = time.monotonic()
-            for conn in list(self._connections):
+            for conn in list(compat.open_connections(self)):
                 if conn not in self.busy and now - self.idle_since.get(conn, 0.0) >= idle_grace:
                     conn.stream.close()
             await asyncio.sleep(0.02)

@@ -10,13 +10,13 @@ order of the rule list is kept, so the first rule that matches is the one Tornad
 """
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 import tornado.web
-from tornado.concurrent import Future
 from tornado.routing import PathMatches, Rule
+
+from .compat import HandlerDelegate  # Tornado's _HandlerDelegate, one create_task
 
 # a pattern's literal first segment: "/" + characters without regex meaning, then "/" or the end
 _LITERAL_FIRST = re.compile(r"/([A-Za-z0-9_\-~.]*?)(?:/|\$$)")
@@ -56,44 +56,6 @@ class RouteIndex:
             return self.others
         end = path.find("/", 1)
         return self.groups.get(path[1:] if end < 0 else path[1:end], self.others)
-
-
-# Handler tasks in flight: asyncio keeps only weak references to tasks (as IOLoop._pending_tasks)
-_RUNNING: set[asyncio.Task[Any]] = set()
-
-
-def _handler_done(task: asyncio.Task[Any]) -> None:
-    _RUNNING.discard(task)
-    if not task.cancelled():
-        task.result()  # _execute catches everything; anything else is logged by the loop
-
-
-class HandlerDelegate(tornado.web._HandlerDelegate):
-    """Tornado's per-request delegate, starting the handler's task with less bookkeeping.
-
-    Tornado wraps ``handler._execute()`` with ``gen.convert_yielded``: ``asyncio.ensure_future``
-    and ``IOLoop.current()`` (each asks for the running loop, a ``getpid`` system call each),
-    a task registry and two done-callbacks. Here: one ``create_task`` on the running loop, one
-    strong reference, one callback that drops it and surfaces what the task raised, as Tornado's
-    does. The handler still runs as an asyncio Task (``asyncio.current_task()``,
-    ``asyncio.timeout()`` work inside it).
-    """
-
-    def execute(self) -> Any:
-        settings = self.application.settings
-        if not (settings.get("compiled_template_cache", True)
-                and settings.get("static_hash_cache", True)):
-            return super().execute()  # debug mode: Tornado's own reloading path
-        self.handler = handler = self.handler_class(self.application, self.request,
-                                                    **self.handler_kwargs)
-        transforms = [t(self.request) for t in self.application.transforms]
-        if self.stream_request_body:
-            handler._prepared_future = Future()
-        task = asyncio.get_running_loop().create_task(
-            handler._execute(transforms, *self.path_args, **self.path_kwargs))
-        _RUNNING.add(task)
-        task.add_done_callback(_handler_done)
-        return handler._prepared_future
 
 
 class Application(tornado.web.Application):

@@ -1,4 +1,5 @@
-"""server.routing.HandlerDelegate: handlers start as asyncio Tasks without Tornado's bookkeeping.
+"""server.compat.HandlerDelegate (used by server.routing): handlers start as asyncio Tasks
+without Tornado's bookkeeping.
 
 Served over loopback by both engines: a handler runs inside a Task (asyncio.timeout works, as
 redis-py needs), streamed request bodies still reach the handler, an error in a handler is a 500
@@ -12,7 +13,7 @@ import pytest
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from server import routing
+from server import compat, routing
 from server.config import Settings
 from server.lifecycle import bind, bound_port, make_http_server
 
@@ -60,12 +61,12 @@ async def serve(engine: str, **app_settings):
 async def test_handlers_run_in_tasks_and_none_is_kept_after(engine):
     server, base = await serve(engine)
     client = AsyncHTTPClient()
-    before = set(routing._RUNNING)  # other tests' handlers may still be running
+    before = set(compat._RUNNING)  # other tests' handlers may still be running
     try:
         answers = await asyncio.gather(*(client.fetch(base + "/task") for _ in range(50)))
         assert {a.body for a in answers} == {b'{"in_task": true}'}
         await asyncio.sleep(0.05)
-        assert not routing._RUNNING - before  # every handler's task let go once done
+        assert not compat._RUNNING - before  # every handler's task let go once done
     finally:
         server.stop()
         await server.close_all_connections()

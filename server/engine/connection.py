@@ -17,8 +17,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from .. import rules
-from ..compat import release_transport
-from ..headers import FAST_HEADERS
+from ..compat import header_lists, release_transport
 from ..refusals import Refusal
 from . import parsing
 from .delegates import ProxyContext
@@ -140,8 +139,7 @@ class Exchange(httputil.HTTPConnection):
         http11 = request[2] == "HTTP/1.1"
         code = start_line[1]
         self.started = True
-        # {name: [values]}: Tornado 6.6's own dict (read directly, see server.headers) or a copy
-        as_list = headers._as_list if FAST_HEADERS else {n: headers.get_list(n) for n in headers}
+        as_list = header_lists(headers)  # {name: [values]}, read only
         length = as_list.get("Content-Length")
         if length is not None or "Transfer-Encoding" in as_list:
             problem = rules.response_framing_problem(as_list)

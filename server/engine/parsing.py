@@ -17,7 +17,7 @@ import httptools
 from tornado import httputil
 
 from .. import rules
-from ..headers import make_headers
+from ..compat import make_headers
 from ..rules import Violation
 
 if TYPE_CHECKING:
