@@ -20,7 +20,7 @@ from tornado.web import url
 
 from server import __version__
 
-from .base import ApiHandler, PageHandler
+from ..base import ApiHandler, PageHandler
 
 log = logging.getLogger(__name__)
 
