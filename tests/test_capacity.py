@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import PROJECT_ROOT, require
+from helpers import PROJECT_ROOT, require
 
 pytestmark = pytest.mark.soak
 

@@ -15,7 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import json_of, raw_http
+from helpers import json_of, raw_http
 from handlers import openapi, schemas
 from handlers.base import ApiHandler
 from server import __version__

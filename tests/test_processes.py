@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BenchRun
+from helpers import BenchRun
 
 
 def get_json(url):

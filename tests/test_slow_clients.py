@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import require
+from helpers import require
 
 ATTACKERS = 1000
 HEADER_TIMEOUT = 2.0
