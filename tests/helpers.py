@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -302,6 +303,12 @@ class LiveServer:
             shutil.rmtree(self._data_dir, ignore_errors=True)
 
 
+def get_json(url, timeout=10):
+    """The JSON document a GET of url answers (urllib, a fresh connection, closed afterwards)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def run_server(*args, env=None, timeout=30):
     """Run `python -m server ARGS` to completion, bare environment (for settings that make it exit)."""
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=PROJECT_ROOT,
@@ -331,6 +338,15 @@ class BenchRun:
 def open_fds(pid: int) -> int:
     """File descriptors the process holds right now."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of the process (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 class Answer:

@@ -22,7 +22,7 @@ import uuid
 import pytest
 import tornado.websocket
 
-from helpers import PROJECT_ROOT, Answer, BenchRun, gauges, http_call, in_executor, open_fds
+from helpers import PROJECT_ROOT, Answer, BenchRun, gauges, http_call, in_executor, open_fds, rss_bytes
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 # past the first --cache-ttl (30 s): until then cached pages only accumulate, then they expire
@@ -40,15 +40,6 @@ def raise_fd_limit(wanted: int = 8192) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of the process (VmRSS)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 async def all_messages(port: int) -> dict[int, str]:
