@@ -21,8 +21,8 @@ import tornado.web
 from tornado.netutil import bind_sockets
 
 from bench.ports import free_port
-from dbservers import PostgresServer, RedisServer, postgres_bin_dir
-from helpers import PROJECT_ROOT, Api, LiveServer, require
+from bench.pgserver import PostgresServer, postgres_bin_dir
+from helpers import PROJECT_ROOT, Api, LiveServer, RedisServer, require
 from reliability import (pytest_addoption, pytest_configure, pytest_sessionfinish,  # noqa: F401
                          record_report, reliability)
 from server.config import Settings
