@@ -183,7 +183,7 @@ class RawClient:
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
                 if not data:
                     return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True
@@ -197,7 +197,7 @@ class RawClient:
                 if not data:
                     break
                 chunks.append(data)
-        except (asyncio.TimeoutError, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
         return b"".join(chunks)
 
@@ -313,8 +313,8 @@ def get_json(url, timeout=10):
 def run_server(*args, env=None, timeout=30):
     """Run `python -m server ARGS` to completion, bare environment (for settings that make it exit)."""
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=PROJECT_ROOT,
-                          env={"PATH": "/usr/bin:/bin", **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+                          env={"PATH": "/usr/bin:/bin", **(env or {})}, check=False,  # callers assert it
+                          capture_output=True, text=True, timeout=timeout)
 
 
 class BenchRun:

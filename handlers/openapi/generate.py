@@ -12,7 +12,13 @@ from typing import Any, NamedTuple
 import pydantic
 import tornado.routing
 import tornado.web
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, SkipJsonSchema, models_json_schema
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    JsonSchemaValue,
+    SkipJsonSchema,
+    models_json_schema,
+)
 from pydantic_core import core_schema
 
 from server import __version__
@@ -21,7 +27,8 @@ from ..base import ApiHandler
 from .limits import resolve_settings
 from .metadata import HEADERS, SECURITY_SCHEMES, Operation, Param, Response, first_line, is_model
 
-Refs = Mapping[tuple[type[pydantic.BaseModel], str], Mapping[str, Any]]
+# keyed as models_json_schema keys it (Any: pydantic's key type names its private PydanticDataclass)
+Refs = Mapping[tuple[Any, JsonSchemaMode], Mapping[str, Any]]
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "tornado-hps"
@@ -127,7 +134,7 @@ def build_openapi(application: tornado.web.Application) -> dict[str, Any]:
     """
     problems: list[str] = []
     routes = []
-    models: list[tuple[type[pydantic.BaseModel], str]] = [(Error, "serialization")]
+    models: list[tuple[type[pydantic.BaseModel], JsonSchemaMode]] = [(Error, "serialization")]
     for route in routes_of(application.default_router):
         if not is_api_route(route):
             continue
@@ -225,7 +232,7 @@ class ServerJsonSchema(GenerateJsonSchema):
         return json_schema
 
 
-def _models_of(operation: Operation) -> Iterator[tuple[type[pydantic.BaseModel], str]]:
+def _models_of(operation: Operation) -> Iterator[tuple[type[pydantic.BaseModel], JsonSchemaMode]]:
     if is_model(operation.request):
         yield operation.request, "validation"
     for response in operation.responses.values():
@@ -351,10 +358,11 @@ def _response_object(method: str, status: int, response: Response, refs: Refs) -
     return result
 
 
-def _schema_of(body: Any, mode: str, refs: Refs) -> dict[str, Any]:
+def _schema_of(body: Any, mode: JsonSchemaMode, refs: Refs) -> dict[str, Any]:
     if is_model(body):
         return dict(refs[(body, mode)])
-    return _plain(body)
+    plain: dict[str, Any] = _plain(body)
+    return plain
 
 
 def _parameter(name: str, where: str, param: Param) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def documented(summary: str, *, description: str = "",
         security=security, capped=capped, tags=tuple(tags))
 
     def attach(method: FuncT) -> FuncT:
+        # the marker the generator reads back (a function attribute mypy does not model)
         method.openapi_operation = operation  # type: ignore[attr-defined]
         return method
     return attach
@@ -101,6 +102,7 @@ def documented(summary: str, *, description: str = "",
 def excluded_from_docs(reason: str) -> Callable[[ClassT], ClassT]:
     """Mark a handler class whose routes are deliberately not operations (say why)."""
     def mark(cls: ClassT) -> ClassT:
+        # the marker the generator reads back (set on any class it decorates)
         cls.openapi_excluded = reason  # type: ignore[attr-defined]
         return cls
     return mark

@@ -134,7 +134,9 @@ def operation_view(path: str, method: str, op: Mapping[str, Any],
         tables.append(_body_table("Request body", media, body.get("description", ""), schemas))
     rows, response_tables = [], []
     for status, response in op.get("responses", {}).items():
-        media_type, media = next(iter(response.get("content", {}).items()), ("", {}))
+        content: dict[str, Any] = response.get("content", {})
+        no_content: tuple[str, dict[str, Any]] = ("", {})
+        media_type, media = next(iter(content.items()), no_content)
         schema = media.get("schema")
         rows.append(ResponseRow(status=status, kind=_status_kind(status),
                                 description=response.get("description", ""),
