@@ -1,5 +1,5 @@
-"""A throw-away PostgreSQL cluster on a loopback port (initdb, pg_ctl): for the tests
-(tests/dbservers.py) and for the TechEmpower benchmark (bench/suite_techempower.py)."""
+"""A throw-away PostgreSQL cluster on a loopback port (initdb, pg_ctl): for the tests (the
+postgres_server fixture in tests/conftest.py) and the TechEmpower benchmark (bench/suite_techempower.py)."""
 from __future__ import annotations
 
 import glob

@@ -5,12 +5,9 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import tempfile
 import time
 import uuid
@@ -24,26 +21,16 @@ import tornado.web
 from tornado.netutil import bind_sockets
 
 from bench.ports import free_port
-from dbservers import PostgresServer, RedisServer, postgres_bin_dir
+from bench.pgserver import PostgresServer, postgres_bin_dir
+from helpers import PROJECT_ROOT, Api, LiveServer, RedisServer, require
 from reliability import (pytest_addoption, pytest_configure, pytest_sessionfinish,  # noqa: F401
                          record_report, reliability)
 from server.config import Settings
 from server.lifecycle import ServerRuntime
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_ROOT / "artifacts"
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip when a system component is missing; under CI=true a missing component fails instead."""
-    if condition:
-        return
-    message = f"not installed: {what}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true requires it)")
-    pytest.skip(message)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -221,63 +208,10 @@ def http_client(io_loop, http_server):
     client.close()
 
 
-class Api:
-    """Small helper to call the server and read JSON answers without raising on 4xx/5xx."""
-
-    def __init__(self, client, base_url):
-        self.client = client
-        self.base_url = base_url
-
-    async def call(self, method, path, body=None, headers=None, **kwargs):
-        if body is not None and not isinstance(body, bytes):  # bytes are sent as they are
-            body = json.dumps(body)
-            headers = {"Content-Type": "application/json", **(headers or {})}
-        if body is None and method in ("POST", "PUT", "PATCH"):
-            body = b""
-        response = await self.client.fetch(self.base_url + path, method=method, body=body,
-                                           headers=headers, raise_error=False,
-                                           allow_nonstandard_methods=True, request_timeout=60,
-                                           **kwargs)
-        return response
-
-    async def get(self, path, **kwargs):
-        return await self.call("GET", path, **kwargs)
-
-    async def post(self, path, body=None, **kwargs):
-        return await self.call("POST", path, body=body, **kwargs)
-
-
-def json_of(response):
-    """The JSON body of a response, checking it was declared as JSON."""
-    assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
-    return json.loads(response.body)
-
-
 @pytest.fixture
 def api(http_client, base_url):
     """An Api helper bound to the in-process server."""
     return Api(http_client, base_url)
-
-
-async def raw_http(port, data, timeout=5.0, host="127.0.0.1", ssl_context=None):
-    """Send raw bytes to a port (over TLS with ssl_context) and return everything received until
-    the server closes (or timeout)."""
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ssl_context, server_hostname=host if ssl_context else None)
-    writer.write(data)
-    await writer.drain()
-    chunks = []
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except (asyncio.TimeoutError, ConnectionResetError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()
-    return b"".join(chunks)
 
 
 # --- what the in-process server logged ---
@@ -310,93 +244,6 @@ def server_errors():
 
 
 # --- the server as a subprocess, exactly as a user starts it ---
-
-class LiveServer:
-    """A `python -m server` subprocess started with --port 0; knows its URL once ready."""
-
-    READY = re.compile(r"Serving on (https?://\S+/) \(pid (\d+)[,)]")
-    TCP_READY = re.compile(r"TCP greeting service on ([\d.]+):(\d+)")
-
-    def __init__(self, *args, env=None):
-        self.args = ["--port", "0", "--address", "127.0.0.1", *args]
-        self._data_dir = None
-        if "--data-dir" not in args and "--db-url" not in args:
-            self._data_dir = tempfile.mkdtemp(prefix="hps-data-")
-            self.args += ["--data-dir", self._data_dir]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("SERVER_")}
-        environment.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *self.args], cwd=PROJECT_ROOT, env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)  # its own process group: stop() takes workers down too
-        self.url = None
-        self.tcp_port = None
-        self.lines = []
-        # the access log goes to stderr: read it all the time, or a full pipe would stall the server
-        self.stderr_lines = []
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_reader.start()
-
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    def wait_ready(self, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                code = self.wait()
-                raise AssertionError(f"server exited early ({code}): {self.stderr}")
-            self.lines.append(line)
-            tcp = self.TCP_READY.search(line)
-            if tcp:
-                self.tcp_port = int(tcp.group(2))
-            match = self.READY.search(line)
-            if match:
-                self.url = match.group(1).rstrip("/")
-                self.port = int(self.url.rsplit(":", 1)[1])
-                return self
-        raise AssertionError("server did not print its ready line in time")
-
-    def signal(self, signum=signal.SIGTERM):
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout=30.0):
-        code = self.proc.wait(timeout)
-        self._stderr_reader.join(5)
-        self.stderr = "".join(self.stderr_lines)
-        return code
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and any worker it forked
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-        self._stderr_reader.join(5)  # it ends at EOF; closing the pipe under it would raise
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            pipe.close()
-        if self._data_dir:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
-
-
-class BenchRun:
-    """`python -m bench` closed loop in the background, writing its JSON report."""
-
-    def __init__(self, url, seconds, report, connections=20):
-        self.report = report
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", url, "-c", str(connections), "--duration", f"{seconds}s",
-             "--no-progress", "-q", "--json", str(report)],
-            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def result(self, timeout=120):
-        """Wait for the run to end and return its report."""
-        _, errors = self.proc.communicate(timeout=timeout)
-        assert self.report.exists(), errors
-        return json.loads(self.report.read_text())
-
 
 @pytest.fixture
 def live_server_factory():

@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import json_of, raw_http
+from helpers import json_of, raw_http
 from handlers.base import ApiHandler
 
 pytestmark = pytest.mark.gen_test(timeout=60)

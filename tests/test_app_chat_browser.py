@@ -5,7 +5,7 @@ what one types appears in both, markup stays text.
 """
 import pytest
 
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 pytestmark = pytest.mark.browser
 

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from bench.ports import free_port
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 APPS = str(PROJECT_ROOT / "tests" / "apps")
 ENGINES = ["fast", "tornado"]

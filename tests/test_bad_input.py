@@ -18,7 +18,7 @@ import urllib.parse
 import pytest
 import tornado.websocket
 
-from conftest import json_of
+from helpers import json_of
 from handlers.base import WebSocketHandler
 from handlers.openapi import routes_of
 

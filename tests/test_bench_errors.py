@@ -3,7 +3,7 @@
 import pytest
 
 from bench.stats import merge_encoded
-from test_bench_modes import assert_consistent
+from helpers import assert_consistent
 
 
 def test_refused_port(bench_free_port, bench_run):

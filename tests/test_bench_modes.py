@@ -7,21 +7,7 @@ import sys
 import time
 
 import pytest
-
-
-def assert_consistent(rep):
-    """Every invariant the report promises (docs/bench.md, 'Invariants')."""
-    c, r = rep["connections"], rep["requests"]
-    assert r["sent"] == r["responses_total"] + r["errors_total"]
-    assert r["responses_total"] == sum(r["responses"].values())
-    assert r["errors_total"] == sum(r["errors"].values())
-    assert c["failed_total"] == sum(c["failed"].values())
-    assert c["attempted"] == c["established"] + c["failed_total"] + c["cancelled"]
-    assert c["established"] == c["closed_by_server"] + c["closed_by_client"] + c["open_at_end"]
-    assert rep["latency_ms"]["count"] == r["responses_total"]
-    assert sum(e["responses"] for e in rep["timeline"]) == r["responses_total"]
-    assert sum(e["sent"] for e in rep["timeline"]) == r["sent"]
-    assert sum(e["errors"] for e in rep["timeline"]) == r["errors_total"]
+from helpers import assert_consistent
 
 
 def test_closed_loop_counts_match_the_server(bench_stub, bench_run):

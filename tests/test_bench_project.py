@@ -1,6 +1,6 @@
 """python -m bench against the project's own server (`python -m server --port 0`)."""
 
-from test_bench_modes import assert_consistent
+from helpers import assert_consistent
 
 
 def test_closed_loop_against_the_project_server(bench_project_server, bench_run):

@@ -7,7 +7,6 @@ in hold mode (its own process, its own file limit); a probe measures latency mea
 """
 import http.client
 import json
-import re
 import resource
 import subprocess
 import sys
@@ -15,21 +14,11 @@ import time
 
 import pytest
 
-from conftest import PROJECT_ROOT, require
+from helpers import PROJECT_ROOT, get_json, open_fds, require, rss_bytes
 
 pytestmark = pytest.mark.soak
 
 HELD = 19_000
-
-
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
-
-
-def _open_fds(pid):
-    import os
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def _probe(port, count):
@@ -60,8 +49,8 @@ def test_one_process_holds_19000_connections(engine, live_server_factory, tmp_pa
     server = live_server_factory("--engine", engine, "--access-log", "off", "--max-connections",
                                  str(HELD + 200), "--idle-timeout", "120", "--log-level", "warning")
     pid = server.proc.pid
-    rss_before = _rss_kb(pid)
-    fds_before = _open_fds(pid)
+    rss_before = rss_bytes(pid)
+    fds_before = open_fds(pid)
     report = tmp_path / "hold.json"
     hold = subprocess.Popen(
         [sys.executable, "-m", "bench", f"{server.url}/healthz", "-c", str(HELD), "--interval", "5-10s",
@@ -70,17 +59,16 @@ def test_one_process_holds_19000_connections(engine, live_server_factory, tmp_pa
         cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 35
-        while _open_fds(pid) - fds_before < HELD and time.monotonic() < deadline:
+        while open_fds(pid) - fds_before < HELD and time.monotonic() < deadline:
             assert hold.poll() is None, hold.stderr.read()
             time.sleep(0.5)
-        held = _open_fds(pid) - fds_before
+        held = open_fds(pid) - fds_before
         assert held >= HELD, f"the server holds only {held:,} connections"
         time.sleep(2)  # let the first requests of every connection settle
-        rss_per_connection = (_rss_kb(pid) - rss_before) * 1024 / held
+        rss_per_connection = (rss_bytes(pid) - rss_before) / held
         latencies = _probe(server.port, 300)
         p99 = latencies[int(len(latencies) * 0.99) - 1]
-        with urlopen_json(f"{server.url}/api/stats") as stats:
-            open_http = stats["connections"]["http"]
+        open_http = get_json(f"{server.url}/api/stats")["connections"]["http"]
         assert open_http >= HELD
     finally:
         _, errors = hold.communicate(timeout=90)
@@ -92,18 +80,3 @@ def test_one_process_holds_19000_connections(engine, live_server_factory, tmp_pa
                        f"over 300 requests, {failed} failed requests of "
                        f"{result['requests']['responses_total']:,} from the holding client")
     assert p99 < 50, f"probe p99 {p99:.1f} ms with {held:,} connections open"
-
-
-class urlopen_json:
-    """`with urlopen_json(url) as document:` (a fresh connection, closed afterwards)."""
-
-    def __init__(self, url):
-        self.url = url
-
-    def __enter__(self):
-        import urllib.request
-        self._response = urllib.request.urlopen(self.url, timeout=10)
-        return json.loads(self._response.read())
-
-    def __exit__(self, *exc):
-        self._response.close()

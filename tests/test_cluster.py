@@ -15,14 +15,10 @@ from pathlib import Path
 import pytest
 import tornado.websocket
 
-from conftest import PROJECT_ROOT, BenchRun, LiveServer, require
+from helpers import PROJECT_ROOT, BenchRun, LiveServer, nginx_binary, require
 from bench.ports import free_port, wait_port
 
 NGINX_CONF = PROJECT_ROOT / "docs" / "deploy" / "nginx.conf"
-
-
-def nginx_binary():
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 class Cluster:

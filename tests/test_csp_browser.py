@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from conftest import PROJECT_ROOT, LiveServer
+from helpers import PROJECT_ROOT, LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.hardening]
 

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT
-from dbservers import free_port
+from helpers import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.browser
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from test_faults_soak import gauges, http_call, in_executor, open_fds
+from helpers import gauges, http_call, in_executor, open_fds
 
 FD_SLACK = 4  # a descriptor or two may come and go (a pooled connection, the metrics probe)
 

@@ -21,7 +21,7 @@ import uuid
 import pytest
 import tornado.websocket
 
-from conftest import PROJECT_ROOT, BenchRun
+from helpers import PROJECT_ROOT, Answer, BenchRun, gauges, http_call, in_executor, open_fds, rss_bytes
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 # past the first --cache-ttl (30 s): until then cached pages only accumulate, then they expire
@@ -31,7 +31,7 @@ SOAK_MAX_SLOPE_MB_PER_MIN = 2.0
 SOAK_MAX_GROWTH_MB = 6.0
 
 
-# --- small helpers (shared with test_faults_services.py) ---
+# --- small helpers ---
 
 def raise_fd_limit(wanted: int = 8192) -> None:
     """Raise this process's soft open-file limit (subprocesses inherit it) to `wanted` if allowed."""
@@ -39,98 +39,6 @@ def raise_fd_limit(wanted: int = 8192) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def open_fds(pid: int) -> int:
-    """File descriptors the process holds right now."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of the process (VmRSS)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-class Answer:
-    """A parsed HTTP response."""
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self):
-        assert self.headers.get("content-type", "").startswith("application/json"), self.headers
-        return json.loads(self.body)
-
-
-def parse_response(raw: bytes) -> Answer:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    if not lines[0].startswith("HTTP/1."):
-        raise ConnectionError(f"no HTTP response: {raw[:80]!r}")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        decoded, rest = bytearray(), body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            decoded += rest[:size]
-            rest = rest[size + 2:]
-        body = bytes(decoded)
-    elif "content-length" in headers:
-        length = int(headers["content-length"])
-        if len(body) < length:
-            raise ConnectionError(f"response cut short: {len(body)} of {length} bytes")
-    return Answer(status, headers, body)
-
-
-async def http_call(port: int, method: str, path: str, body=None, timeout: float = 30.0,
-                    headers: dict[str, str] | None = None) -> Answer:
-    """One request on a new connection (Connection: close); OSError when the connect fails."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    try:
-        payload = b""
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-        if body is not None:
-            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            head += "Content-Type: application/json\r\n"
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head += f"Content-Length: {len(payload)}\r\n"
-        for name, value in (headers or {}).items():
-            head += f"{name}: {value}\r\n"
-        writer.write(head.encode() + b"\r\n" + payload)
-        raw = await asyncio.wait_for(reader.read(), timeout)  # until the server closes
-        return parse_response(raw)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def gauges(port: int) -> dict[str, float]:
-    """The unlabelled samples of /metrics (http_connections_open, http_requests_in_flight, ...)."""
-    answer = await http_call(port, "GET", "/metrics", timeout=10)
-    assert answer.status == 200
-    values = {}
-    for line in answer.body.decode().splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            with contextlib.suppress(ValueError):
-                values[name] = float(value)
-    return values
-
-
-async def in_executor(function, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 async def all_messages(port: int) -> dict[int, str]:

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from conftest import json_of
+from helpers import json_of
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

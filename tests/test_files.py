@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import raw_http
+from helpers import raw_http
 from server.config import Settings
 
 pytestmark = pytest.mark.gen_test(timeout=30)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from conftest import json_of
+from helpers import json_of
 from server.services.database import Database, messages, schema_migrations
 
 pytestmark = pytest.mark.gen_test(timeout=90)

@@ -5,7 +5,7 @@ import urllib.request
 
 import pytest
 
-from dbservers import free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.browser
 

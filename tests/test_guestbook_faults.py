@@ -13,7 +13,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from conftest import Api, json_of
+from helpers import Api, in_executor, json_of
 
 
 def post_message(base_url, i):
@@ -67,10 +67,6 @@ def server_settings(request, server_settings):
     if "database" in request.node.name:
         return server_settings.replace(db_url=request.getfixturevalue("postgres_url"))
     return server_settings
-
-
-async def in_executor(function, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 @pytestmark_async

@@ -6,7 +6,7 @@ import pytest
 import tornado.websocket
 from tornado.netutil import bind_sockets
 
-from conftest import Api, json_of
+from helpers import Api, json_of
 from server.lifecycle import ServerRuntime
 
 pytestmark = pytest.mark.gen_test(timeout=60)

@@ -4,7 +4,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import json_of
+from helpers import json_of
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

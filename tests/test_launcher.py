@@ -4,8 +4,6 @@ import http.client
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from helpers import free_port, run_server
 from server.config import Settings
 
 
@@ -27,13 +25,6 @@ def get(url, timeout=30):
     except urllib.error.HTTPError as exc:
         body, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
     return status, (json.loads(body) if ctype.startswith("application/json") else body.decode())
-
-
-def run_server(*args, env=None, timeout=20):
-    """Run `python -m server ARGS` to completion (for settings that must make it exit)."""
-    environment = {"PATH": "/usr/bin:/bin", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=PROJECT_ROOT, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_starts_serves_and_stops_cleanly(live_server_factory):
@@ -186,7 +177,6 @@ def test_second_signal_forces_exit(live_server_factory):
 
 
 def test_unreachable_database_at_start_exits_1_with_one_line():
-    from dbservers import free_port
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
     started = time.monotonic()
     result = run_server("--port", "0", "--db-url", url, "--db-startup-wait", "1")

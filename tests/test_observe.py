@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import json_of
+from helpers import json_of
 from server.metrics import FOLD_BATCH, Metrics
 
 gen_test = pytest.mark.gen_test(timeout=30)

@@ -15,7 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import json_of, raw_http
+from helpers import get_json, json_of, raw_http
 from handlers import openapi, schemas
 from handlers.base import ApiHandler
 from server import __version__
@@ -393,8 +393,7 @@ def test_document_states_the_limits_of_the_settings_in_force(live_server_factory
     server = live_server_factory("--slow-max-ms", "77", "--max-page-size", "33",
                                  "--max-name-length", "21", "--message-max-length", "444",
                                  "--compute-max-n", "5555", "--outbound-max-urls", "6")
-    with urllib.request.urlopen(server.url + "/api/openapi.json", timeout=10) as response:
-        document = json.loads(response.read())
+    document = get_json(server.url + "/api/openapi.json")
     schemas = document["components"]["schemas"]
 
     def query(path, method, name):

@@ -1,17 +1,11 @@
 """The API documentation page in a real browser (Debian Chromium via Playwright), JavaScript off."""
-import json
 import urllib.parse
-import urllib.request
 
 import pytest
 
+from helpers import get_json
+
 pytestmark = pytest.mark.browser
-
-
-def document_of(live_server):
-    """The server's OpenAPI document, fetched the way any client would."""
-    with urllib.request.urlopen(live_server.url + "/api/openapi.json", timeout=10) as response:
-        return json.loads(response.read())
 
 
 def computed_style(page, selector, prop):
@@ -38,7 +32,7 @@ def test_docs_page_shows_every_operation_without_javascript(no_js_page, live_ser
     page.goto(live_server.url + "/api/docs")
     assert page.title().startswith("API documentation")
 
-    document = document_of(live_server)
+    document = get_json(live_server.url + "/api/openapi.json")
     operations = [(method, path) for path, item in document["paths"].items() for method in item]
     assert page.locator("article.op").count() == len(operations)
     assert page.locator(".docs-toc li").count() == len(operations)

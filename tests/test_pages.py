@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import raw_http
+from helpers import raw_http
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

@@ -1,5 +1,4 @@
 """--processes N: per-child SO_REUSEPORT sockets, supervision, rolling restarts, merged metrics."""
-import json
 import os
 import signal
 import socket
@@ -9,12 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BenchRun
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+from helpers import BenchRun, get_json
 
 
 def child_pids(parent_pid):

@@ -3,15 +3,13 @@ post rate limit against bypass attempts."""
 import inspect
 import re
 import stat
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 
 import pytest
 import tornado.web
 
-from conftest import PROJECT_ROOT, json_of, raw_http
+from helpers import PROJECT_ROOT, json_of, raw_http, run_server
 from handlers.base import ApiHandler, PageHandler
 from handlers.guestbook import MessageHandler
 
@@ -249,12 +247,6 @@ async def test_forwarding_headers_from_an_untrusted_peer_are_ignored(api):
 
 # --- the cookie secret ---
 
-def run_server(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "server", "--port", "0", *args], cwd=PROJECT_ROOT,
-                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_the_cookie_secret_file_is_generated_private_and_shared(live_server_factory, tmp_path,
                                                                  reliability):
     reliability.describe("the generated cookie secret file: mode, sharing, refusal when exposed",
@@ -284,13 +276,13 @@ def test_the_cookie_secret_file_is_generated_private_and_shared(live_server_fact
     modes = [0o640, 0o604, 0o660, 0o644]
     for mode in modes:
         exposed.chmod(mode)
-        result = run_server("--data-dir", str(tmp_path / "d3"), "--cookie-secret-file", str(exposed))
+        result = run_server("--port", "0", "--data-dir", str(tmp_path / "d3"), "--cookie-secret-file", str(exposed))
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "chmod 600" in result.stderr, result.stderr
     short = tmp_path / "short"
     short.write_text("abc")
     short.chmod(0o600)
-    result = run_server("--data-dir", str(tmp_path / "d4"), "--cookie-secret-file", str(short))
+    result = run_server("--port", "0", "--data-dir", str(tmp_path / "d4"), "--cookie-secret-file", str(short))
     assert result.returncode == 2 and "shorter than" in result.stderr
     reliability.figure(f"secret generated with mode 0600 and shared by 2 instances; "
                        f"{len(modes)} exposed modes and a short secret refused with exit 2")

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import require
+from helpers import http_call, open_fds, require, rss_bytes
 
 ATTACKERS = 1000
 HEADER_TIMEOUT = 2.0
@@ -60,15 +60,6 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
-def rss_mib(pid):
-    """Resident memory of a process in MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def start_server(live_server_factory, engine, *options):
     """A subprocess server of this engine with short slow-client timeouts and no access log."""
     return live_server_factory("--engine", engine, "--log-level", "warning", "--access-log", "off",
@@ -86,20 +77,6 @@ async def close_writer(writer):
         pass
 
 
-async def http_get(port, path, timeout=2.0):
-    """One GET on a fresh connection (Connection: close): (status, body)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n".encode())
-        raw = await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        await close_writer(writer)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 "):
-        raise ConnectionError(f"no response: {raw[:100]!r}")
-    return int(head.split(b" ", 2)[1]), body
-
-
 class Probe:
     """Sequential GET /api/hello requests, each on a fresh connection, timed; failures kept."""
 
@@ -115,9 +92,9 @@ class Probe:
         while not self._stop.is_set():
             started = time.perf_counter()
             try:
-                status, _ = await http_get(self.port, self.path)
-                if status != 200:
-                    self.failures.append(f"status {status}")
+                answer = await http_call(self.port, "GET", self.path, timeout=2.0)
+                if answer.status != 200:
+                    self.failures.append(f"status {answer.status}")
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 self.failures.append(repr(exc))
             self.latencies.append(time.perf_counter() - started)
@@ -196,9 +173,9 @@ def check_probe(probe, what):
 
 def connections_open(port):
     """The server's http_connections_open gauge (one request on a fresh connection)."""
-    status, body = run_async(http_get(port, "/metrics"))
-    assert status == 200
-    return float(re.search(rb"^http_connections_open (\S+)$", body, re.M).group(1))
+    answer = run_async(http_call(port, "GET", "/metrics", timeout=2.0))
+    assert answer.status == 200
+    return float(re.search(rb"^http_connections_open (\S+)$", answer.body, re.M).group(1))
 
 
 # --- slowloris: request heads trickled a line at a time ---
@@ -346,11 +323,11 @@ def test_clients_that_never_read_are_cut_at_the_send_timeout(engine, live_server
                          f"requests ({engine} engine)", area="slow clients")
     ensure_open_files(ATTACKERS + 200)
     server = start_server(live_server_factory, engine, "--files", str(big_file_dir))
-    before = rss_mib(server.proc.pid)
+    before = rss_bytes(server.proc.pid) / 2**20
     peak = [before]
 
     def watch():
-        peak[0] = max(peak[0], rss_mib(server.proc.pid))
+        peak[0] = max(peak[0], rss_bytes(server.proc.pid) / 2**20)
 
     async def run():
         # 250 new connections a second: each asks for a file, and a faster ramp would measure
@@ -419,7 +396,7 @@ def test_connections_over_the_cap_are_closed_and_requests_in_flight_complete(
     reliability.describe(f"--max-connections {cap}: {cap} connections with a 1.5 s request in "
                          f"flight, then {extra} more ({engine} engine)", area="slow clients")
     server = start_server(live_server_factory, engine, "--max-connections", str(cap))
-    fds_before = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    fds_before = open_fds(server.proc.pid)
     statuses, extras = run_async(cap_scenario(server.port, cap, extra))
     assert statuses == [200] * cap, statuses
     outcomes = [outcome for outcome, _ in extras]
@@ -429,11 +406,11 @@ def test_connections_over_the_cap_are_closed_and_requests_in_flight_complete(
     # the server stays up and counts what it refused; ask once it has seen the clients' closes
     # (a request while it still counts them open would itself be refused at the cap)
     deadline = time.monotonic() + 5
-    while len(os.listdir(f"/proc/{server.proc.pid}/fd")) > fds_before and time.monotonic() < deadline:
+    while open_fds(server.proc.pid) > fds_before and time.monotonic() < deadline:
         time.sleep(0.05)
-    status, metrics = run_async(http_get(server.port, "/metrics"))
-    assert status == 200
-    refused = float(re.search(rb"^http_connections_refused_total (\S+)$", metrics, re.M).group(1))
+    answer = run_async(http_call(server.port, "GET", "/metrics", timeout=2.0))
+    assert answer.status == 200
+    refused = float(re.search(rb"^http_connections_refused_total (\S+)$", answer.body, re.M).group(1))
     assert refused == extra
     server.stop()
     logged = [line for line in server.stderr_lines if "--max-connections" in line]

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import h11
 import pytest
-from conftest import PROJECT_ROOT, LiveServer, require
-from helpers import RawClient
+from helpers import PROJECT_ROOT, LiveServer, RawClient, nginx_binary, require
 
 from bench.ports import free_port, wait_port
 
@@ -428,10 +427,6 @@ http {{
     }}
 }}
 """
-
-
-def nginx_binary():
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 @pytest.fixture(scope="module")

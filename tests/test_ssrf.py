@@ -12,7 +12,7 @@ import tornado.httpserver
 import tornado.web
 from tornado.netutil import bind_sockets
 
-from conftest import json_of
+from helpers import json_of
 
 pytestmark = [pytest.mark.hardening, pytest.mark.gen_test(timeout=60)]
 

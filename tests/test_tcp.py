@@ -5,7 +5,7 @@ import sys
 import pytest
 from tornado.netutil import bind_sockets
 
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 from server.services.greeting import GreetingService
 from server.tcp import GreetingTCPServer
 

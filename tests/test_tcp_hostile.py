@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import LiveServer
+from helpers import LiveServer
 
 pytestmark = pytest.mark.hardening
 

@@ -2,18 +2,14 @@
 import asyncio
 import json
 import os
-import shutil
 import ssl
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from conftest import PROJECT_ROOT, raw_http, require
-from helpers import make_certificate
+from helpers import make_certificate, raw_http, run_server
 
 pytestmark = pytest.mark.hardening
 
@@ -140,12 +136,6 @@ def test_https_under_the_supervisor(live_server_factory, certificate):
             assert response.status == 200
 
 
-def run_server(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "server", "--port", "0", *args], cwd=PROJECT_ROOT,
-                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_tls_configuration_errors_are_one_line_and_exit_2(tmp_path, certificate, reliability):
     reliability.describe("unusable --tls-cert/--tls-key values", area="security")
     cert, key = certificate
@@ -169,7 +159,7 @@ def test_tls_configuration_errors_are_one_line_and_exit_2(tmp_path, certificate,
     if os.geteuid() != 0:  # root reads any file
         cases["unreadable"] = (["--tls-cert", str(cert), "--tls-key", str(unreadable)], "cannot read")
     for name, (args, expected) in cases.items():
-        result = run_server(*args, "--data-dir", str(tmp_path / "data"))
+        result = run_server("--port", "0", *args, "--data-dir", str(tmp_path / "data"))
         assert result.returncode == 2, (name, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (name, result.stderr)
