@@ -71,6 +71,27 @@ class SlowHandler(tornado.web.RequestHandler):
     head = get
 
 
+GATE: dict = {}  # "event": the asyncio.Event of the running test's loop
+
+
+class GateHandler(tornado.web.RequestHandler):
+    """GET waits until the gate is opened (POST opens it)."""
+
+    def check_xsrf_cookie(self):
+        """Raw test requests carry no XSRF token."""
+        return None
+
+    async def get(self):
+        """Answer once the gate is open."""
+        await GATE["event"].wait()
+        self.write("through")
+
+    def post(self):
+        """Open the gate."""
+        GATE["event"].set()
+        self.write("open")
+
+
 class ContextHandler(tornado.web.RequestHandler):
     """What the request says about the client and the connection."""
 
@@ -102,6 +123,7 @@ TEST_ROUTES = [
     (r"/engine-test/upload", UploadHandler),
     (r"/engine-test/slow", SlowHandler),
     (r"/engine-test/context", ContextHandler),
+    (r"/engine-test/gate", GateHandler),
     (r"/engine-test/ws", EchoWebSocket),
 ]
 
@@ -164,6 +186,33 @@ async def test_pipelined_requests_with_bodies_and_a_slow_one(connect):
     assert (await client.response()).json() == {"message": "Hello, z"}
     assert (await client.response()).json() == {"x": 1}
     client.close()
+
+
+async def test_many_pipelined_requests_arrive_whole_and_in_order(connect):
+    client = await connect()
+    for depth in (16, 70):  # the fast engine writes answers in a row together (up to 32 a write)
+        names = [f"d{depth}-{i}" for i in range(depth)]
+        client.send(b"".join(get(f"/api/hello/{name}") for name in names))
+        assert [(await client.response()).json()["message"] for _ in names] == \
+            [f"Hello, {name}" for name in names]
+    client.close()
+
+
+async def test_answers_before_a_waiting_pipelined_request_are_not_held_back(connect):
+    GATE["event"] = asyncio.Event()
+    client = await connect()
+    client.send(get("/api/hello/a") + get("/api/hello/b") + get("/engine-test/gate")
+                + get("/api/hello/c"))
+    # a and b arrive while the gate's handler waits (its answer can only come after them)
+    assert (await client.response()).json() == {"message": "Hello, a"}
+    assert (await client.response()).json() == {"message": "Hello, b"}
+    opener = await connect()
+    opener.send(b"POST /engine-test/gate HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    assert (await opener.response()).body == b"open"
+    assert (await client.response()).body == b"through"
+    assert (await client.response()).json() == {"message": "Hello, c"}
+    client.close()
+    opener.close()
 
 
 async def test_request_context_is_right(connect):

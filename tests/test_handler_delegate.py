@@ -106,3 +106,50 @@ async def test_debug_mode_takes_tornados_reloading_path(engine):
     finally:
         server.stop()
         await server.close_all_connections()
+
+
+class OwnDelegate(tornado.web.Application):
+    """An application that chose its delegate itself: the fast engine leaves that choice alone."""
+
+    chosen = 0
+
+    def get_handler_delegate(self, *args, **kwargs):
+        OwnDelegate.chosen += 1
+        return super().get_handler_delegate(*args, **kwargs)
+
+
+async def serve_plain(app: tornado.web.Application, engine: str):
+    sockets = bind("127.0.0.1", 0, 128)
+    server = make_http_server(app, Settings(engine=engine))
+    server.add_sockets(sockets)
+    return server, f"http://127.0.0.1:{bound_port(sockets)}"
+
+
+async def test_a_plain_tornado_application_starts_its_handlers_in_tasks_too(engine):
+    # compat.start_handlers_directly: a tornado.web.Application (not routing.Application) on
+    # the fast engine (and Tornado's own delegate on the tornado engine); its handlers run in Tasks that are let go once done
+    server, base = await serve_plain(tornado.web.Application(ROUTES), engine)
+    before = set(routing._RUNNING)
+    try:
+        answers = await asyncio.gather(*(AsyncHTTPClient().fetch(base + "/task") for _ in range(20)))
+        assert {a.body for a in answers} == {b'{"in_task": true}'}
+        with pytest.raises(HTTPClientError) as failed:
+            await AsyncHTTPClient().fetch(base + "/broken")
+        assert failed.value.code == 500
+        await asyncio.sleep(0.05)
+        assert not routing._RUNNING - before
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_an_application_with_its_own_delegate_keeps_it(engine):
+    server, base = await serve_plain(OwnDelegate(ROUTES), engine)
+    OwnDelegate.chosen = 0
+    try:
+        answer = await AsyncHTTPClient().fetch(base + "/task")
+        assert answer.body == b'{"in_task": true}'
+        assert OwnDelegate.chosen == 1
+    finally:
+        server.stop()
+        await server.close_all_connections()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 
 import jinja2
 import uvloop
@@ -22,7 +21,7 @@ TEMPLATE = jinja2.Environment(autoescape=True).from_string(tfb.FORTUNES_JINJA)
 
 
 def json_response(value) -> web.Response:
-    return web.Response(body=json.dumps(value, separators=(",", ":")).encode(),
+    return web.Response(body=tfb.to_json(value).encode(),
                         content_type=tfb.JSON_TYPE)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import socket
 
 import jinja2
@@ -26,7 +25,7 @@ TEMPLATE = jinja2.Environment(autoescape=True).from_string(tfb.FORTUNES_JINJA)
 
 
 def json_response(value) -> Response:
-    return Response(json.dumps(value, separators=(",", ":")), media_type=tfb.JSON_TYPE)
+    return Response(tfb.to_json(value), media_type=tfb.JSON_TYPE)
 
 
 async def json_route(request: Request) -> Response:

@@ -40,6 +40,8 @@ LINGER_MAX_BYTES = 4 * 1024 * 1024
 # the rest of the read stays unparsed until they are answered.
 FEED_SLICE = 16 * 1024
 MAX_PIPELINED = 16
+HOLD_MAX = 32  # whole pipelined responses held for one write at the most (Connection.send)
+HOLD_BYTES = 16384  # ... each of at most this size
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
@@ -182,7 +184,9 @@ class Exchange(httputil.HTTPConnection):
                 data += chunk
             else:
                 data += self._frame(chunk)
-        transport.write(data)
+        # a whole response with pipelined requests queued after it: held, to go out with theirs
+        conn.send(data, hold=conn.queue is not None and self.remaining == 0
+                  and len(data) <= HOLD_BYTES)
         return conn.server.done if not conn.write_paused else conn.write_future()
 
     def write(self, chunk: bytes) -> "asyncio.Future[None]":
@@ -191,7 +195,7 @@ class Exchange(httputil.HTTPConnection):
         if conn.transport is None or conn.closing:
             return conn.closed_future()
         if chunk:
-            conn.transport.write(self._frame(chunk))
+            conn.send(self._frame(chunk))
         return conn.write_future()
 
     def _frame(self, chunk: bytes) -> bytes:
@@ -213,7 +217,7 @@ class Exchange(httputil.HTTPConnection):
             raise httputil.HTTPOutputError(
                 "Tried to write %d bytes less than Content-Length" % self.remaining)
         if self.chunking and open_:
-            conn.transport.write(b"0\r\n\r\n")
+            conn.send(b"0\r\n\r\n")
         self.finished = True
         if conn.current is self and not self.detached:
             conn.response_done(self)
@@ -225,7 +229,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "remote_ip", "protocol", "address", "current",
                  "parsing", "queue", "completed", "heads", "head_fed", "head_slack", "paused",
                  "write_paused", "waiters", "tail", "backlog", "stream", "closing", "discard",
-                 "linger", "method_override", "pending")
+                 "linger", "method_override", "pending", "held")
 
     def __init__(self, server: "FastHTTPServer") -> None:
         self.server = server
@@ -253,6 +257,7 @@ class Connection(asyncio.Protocol):
         # a method llhttp does not know, for the request re-fed under a known one
         self.method_override: str | None = None
         self.pending: bytes | None = None  # input to parse before the next read's
+        self.held: list[bytes] | None = None  # whole responses not written yet (see send)
 
     def __str__(self) -> str:
         return self.remote_ip
@@ -604,7 +609,7 @@ class Connection(asyncio.Protocol):
         if not ex.complete:
             if (not ex.finished and ex.body is None
                     and ex.headers.get("Expect", "").lower() == "100-continue"):
-                self.transport.write(CONTINUE)
+                self.send(CONTINUE)
             timeout = ex.body_timeout
             if timeout is None:
                 timeout = self.server.body_timeout
@@ -731,8 +736,47 @@ class Connection(asyncio.Protocol):
             self.feed(backlog)  # advances too
         else:
             self.advance()
+        if self.held is not None and self.current is not None:
+            # runs after the first step of the handler just started: still unanswered by then
+            # (it waits on something), the responses before it go out now
+            self.server.loop.call_soon(self.release_held, self.current)
         if self.paused:
             self.maybe_resume()
+
+    def send(self, data: bytes, hold: bool = False) -> None:
+        """Write to the transport, or hold ``data`` (a whole response) while requests are queued.
+
+        Pipelined requests answered in a row (TFB's plaintext: 16 at a time) go out in one
+        write, not one system call each. Held output goes out with the next write that is not
+        held, when the connection closes or detaches, when held responses reach HOLD_MAX, and
+        when a queued request's handler does not answer in its first step (release_held).
+        """
+        held = self.held
+        if hold:
+            if held is None:
+                self.held = [data]
+                return
+            if len(held) < HOLD_MAX:
+                held.append(data)
+                return
+        if held is not None:
+            self.held = None
+            held.append(data)
+            data = b"".join(held)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def flush_held(self) -> None:
+        """Write the held responses now."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            if self.transport is not None:
+                self.transport.write(b"".join(held))
+
+    def release_held(self, ex: Exchange) -> None:
+        """The handler of ``ex`` is still at work: what is held goes out without waiting for it."""
+        if self.current is ex and not ex.finished:
+            self.flush_held()
 
     def after_upgrade(self, keep_alive: bool) -> None:
         """An upgrade request was answered without taking over the connection: back to HTTP."""
@@ -801,7 +845,7 @@ class Connection(asyncio.Protocol):
             gen_log.info("Malformed HTTP message from %s: %s", self, detail)
         if not ex.started and self.transport is not None:
             ex.started = True
-            self.transport.write(self.server.refuse(self.refusal(ex, status, detail)))
+            self.send(self.server.refuse(self.refusal(ex, status, detail)))
         self.close_transport(linger=True)
 
     def refusal(self, ex: Exchange, status: int, detail: str) -> Refusal:
@@ -884,6 +928,7 @@ class Connection(asyncio.Protocol):
 
     def detach(self, ex: Exchange) -> DetachedStream:
         """Hand the connection over to a stream; HTTP processing stops here."""
+        self.flush_held()
         self.server.detached(self)
         self.current = self.parsing = self.queue = None
         self.parser = None
@@ -899,12 +944,17 @@ class Connection(asyncio.Protocol):
         """Close after the buffered output is sent; with linger, drain input briefly first."""
         if self.closing or self.transport is None:
             return
+        self.flush_held()
         self.closing = True
         self.server.closing(self)
         transport = self.transport
         loop = self.server.loop
         if linger and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # reset by the peer while reading was paused (nothing noticed it)
+                transport.abort()
+                return
             self.discard = max(self.discard, 0)
             self.tail = None
             self.linger = loop.call_later(LINGER_SECONDS, self.abort)
@@ -921,6 +971,7 @@ class Connection(asyncio.Protocol):
         """Close now, dropping anything unsent."""
         transport = self.transport
         if transport is not None:
+            self.flush_held()  # the answers before this one were complete
             self.closing = True
             self.server.closing(self)
             transport.abort()
@@ -954,7 +1005,7 @@ class Connection(asyncio.Protocol):
             raise StreamClosedError()
         if self.current is not None:
             self.current.started = True  # no refusal may be written over it
-        self.transport.write(data)
+        self.send(data)
         return self.write_future()
 
     def set_nodelay(self, value: bool) -> None:

@@ -13,7 +13,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import ssl_options_to_context
 from tornado.tcpserver import TCPServer
 
+from .. import compat
 from ..refusals import Refusal, RefusalHandler
+from ..routing import HandlerDelegate
 from .connection import Connection, Exchange
 from .parsing import ParserSink
 from .delegates import CallableDelegate, GzipDelegate
@@ -160,6 +162,8 @@ class FastHTTPServer(HTTPServer):
         self.decompress = decompress_request
         self.refusals = refusals or RefusalHandler()
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
+            compat.start_handlers_directly(request_callback, HandlerDelegate)
+            compat.cache_date_formatting()
             self._start = request_callback.start_request
         else:
             self._start = CallableDelegate.starter(request_callback)
