@@ -4,9 +4,9 @@ server.compat is the one module that touches Tornado's internals. Each test here
 its functions through real Tornado objects (a served request, a real IOStream, a RequestHandler
 in an Application) and checks it against what Tornado itself does or reports publicly. The last
 test installs the lowest Tornado the `tornado>=` requirement in setup.cfg names (pip, into a
-directory beside this Python's environment, once) and runs this module, test_headers and
-test_handler_delegate again on it, in a subprocess: what compat relies on is proven on both
-ends of the range `make test` promises.
+directory beside this Python's environment, once) and runs this module, test_headers,
+test_handler_delegate and test_compat_date again on it, in a subprocess: what compat relies on
+is proven on both ends of the range `make test` promises.
 """
 import asyncio
 import configparser
@@ -227,7 +227,7 @@ def test_compat_passes_on_the_lowest_tornado_setup_cfg_allows(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
          "--basetemp", str(tmp_path / "run"), "--deselect", this, "tests/test_compat.py",
-         "tests/test_headers.py", "tests/test_handler_delegate.py"],
+         "tests/test_headers.py", "tests/test_handler_delegate.py", "tests/test_compat_date.py"],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-8000:]

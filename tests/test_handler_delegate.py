@@ -129,7 +129,7 @@ async def test_a_plain_tornado_application_starts_its_handlers_in_tasks_too(engi
     # compat.start_handlers_directly: a tornado.web.Application (not routing.Application) on
     # the fast engine (and Tornado's own delegate on the tornado engine); its handlers run in Tasks that are let go once done
     server, base = await serve_plain(tornado.web.Application(ROUTES), engine)
-    before = set(routing._RUNNING)
+    before = set(compat._RUNNING)
     try:
         answers = await asyncio.gather(*(AsyncHTTPClient().fetch(base + "/task") for _ in range(20)))
         assert {a.body for a in answers} == {b'{"in_task": true}'}
@@ -137,7 +137,7 @@ async def test_a_plain_tornado_application_starts_its_handlers_in_tasks_too(engi
             await AsyncHTTPClient().fetch(base + "/broken")
         assert failed.value.code == 500
         await asyncio.sleep(0.05)
-        assert not routing._RUNNING - before
+        assert not compat._RUNNING - before
     finally:
         server.stop()
         await server.close_all_connections()
