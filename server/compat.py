@@ -291,22 +291,23 @@ def header_lists(headers: httputil.HTTPHeaders) -> dict[str, list[str]]:
     return {name: headers.get_list(name) for name in headers}
 
 
-def start_handlers_directly(app: Any, delegate_class: type) -> None:
-    """Have this Application start its handlers through ``delegate_class`` (a _HandlerDelegate).
+def start_handlers_directly(app: Any) -> None:
+    """Have this Application start its handlers through HandlerDelegate (above).
 
     Tornado's ``_HandlerDelegate.execute`` starts ``handler._execute()`` through
     ``gen.convert_yielded`` (``ensure_future``, ``IOLoop.current()``: about a tenth of a small
-    request on the fast engine); HandlerDelegate above does the same with one ``create_task``. Applied only where the application's class keeps Tornado's own
-    ``get_handler_delegate`` (one that overrides it chose its delegate itself): set on the
-    instance, which ``_ApplicationRouter.get_target_delegate`` calls for every RequestHandler.
+    request on the fast engine); HandlerDelegate does the same with one ``create_task``.
+    Applied only where the application's class keeps Tornado's own ``get_handler_delegate`` (one
+    that overrides it chose its delegate itself): set on the instance, which
+    ``_ApplicationRouter.get_target_delegate`` calls for every RequestHandler.
     """
     if (isinstance(app, tornado.web.Application)
             and type(app).get_handler_delegate is tornado.web.Application.get_handler_delegate
             and "get_handler_delegate" not in vars(app)):
         def get_handler_delegate(request: Any, target_class: Any, target_kwargs: Any = None,
                                  path_args: Any = None, path_kwargs: Any = None) -> Any:
-            return delegate_class(app, request, target_class, target_kwargs, path_args,
-                                  path_kwargs)
+            return HandlerDelegate(app, request, target_class, target_kwargs, path_args,
+                                   path_kwargs)
         app.get_handler_delegate = get_handler_delegate
 
 

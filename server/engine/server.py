@@ -15,7 +15,6 @@ from tornado.tcpserver import TCPServer
 
 from .. import compat
 from ..refusals import Refusal, RefusalHandler
-from ..routing import HandlerDelegate
 from .connection import Connection, Exchange
 from .parsing import ParserSink
 from .delegates import CallableDelegate, GzipDelegate
@@ -162,7 +161,7 @@ class FastHTTPServer(HTTPServer):
         self.decompress = decompress_request
         self.refusals = refusals or RefusalHandler()
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
-            compat.start_handlers_directly(request_callback, HandlerDelegate)
+            compat.start_handlers_directly(request_callback)
             compat.cache_date_formatting()
             self._start = request_callback.start_request
         else:
