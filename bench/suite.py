@@ -692,6 +692,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="techempower: database connections per server process (default 8)")
     p.add_argument("--no-tfb-processes", action="store_true",
                    help="techempower: skip --processes 2 vs 1")
+    p.add_argument("--tfb-against", metavar="GIT_REF",
+                   help="techempower: also measure this server as of GIT_REF (a temporary git "
+                        "worktree) in the same run, for before/after ratios of a change")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
                    help="skip the 1 s warm-up run of every target")
     p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")

@@ -33,11 +33,13 @@ def _preexec(cpus: set[int] | None):
 class Server:
     """One server subprocess (``python ARGV``) on 127.0.0.1; ``url`` once its ready line is read."""
 
-    def __init__(self, key: str, argv: list[str], log_path: Path, cpus: set[int] | None) -> None:
+    def __init__(self, key: str, argv: list[str], log_path: Path, cpus: set[int] | None,
+                 cwd: Path = ROOT) -> None:
         self.key, self.argv, self.log_path, self.url = key, argv, log_path, ""
         self._reader: threading.Thread | None = None
         self.log = open(log_path, "wb")  # stderr: the access log and any traceback
-        self.proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+        # `python -m` imports from cwd first: another checkout's cwd serves that checkout's code
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=self.log, stdin=subprocess.DEVNULL, text=True,
                                      preexec_fn=_preexec(cpus))
 
@@ -119,12 +121,17 @@ class Server:
         self.log.close()
 
 
-def start_all(specs: dict[str, list[str]], logdir: Path, cpus: set[int] | None) -> dict[str, Server]:
-    """Start every server at once, then wait for each; on failure stop those already started."""
+def start_all(specs: dict[str, list[str]], logdir: Path, cpus: set[int] | None,
+              cwds: dict[str, Path] | None = None) -> dict[str, Server]:
+    """Start every server at once, then wait for each; on failure stop those already started.
+
+    ``cwds`` runs some of them from another directory (a checkout of another commit).
+    """
     servers: dict[str, Server] = {}
     try:
         for key, argv in specs.items():
-            servers[key] = Server(key, argv, logdir / f"{key}.log", cpus)
+            servers[key] = Server(key, argv, logdir / f"{key}.log", cpus,
+                                  (cwds or {}).get(key, ROOT))
         for server in servers.values():
             server.wait_ready()
     except BaseException:

@@ -52,6 +52,19 @@ def project_argv(engine: str, data_dir: Path, *extra: str) -> list[str]:
     return argv(engine, data_dir, "--access-log", "off", "--app", APP, *extra)
 
 
+def checkout(ref: str, where: Path) -> Path:
+    """A detached git worktree of ``ref`` at ``where`` (removed by ``remove_checkout``)."""
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(where), ref], cwd=ROOT,
+                   check=True, capture_output=True)
+    return where
+
+
+def remove_checkout(where: Path) -> None:
+    """Drop the worktree ``checkout`` made."""
+    subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT,
+                   capture_output=True)
+
+
 def per_cpu_s(res: dict | None) -> float | None:
     """Requests per second of the server's CPU time (all its processes) during one run."""
     if not res or not res.get("rps") or not res.get("server_cpu"):
@@ -82,7 +95,18 @@ def run_techempower(env, engines: list[str]) -> tuple[list[dict], dict, list[str
         os.environ[techempower.POOL_ENV] = str(a.tfb_pool)
         specs = {f"project-{e}": project_argv(e, env.tmp / f"data-tfb-{e}") for e in engines}
         specs.update(BASELINES)
-        servers = start_all(specs, env.tmp, env.server_cpus)
+        cwds = {}
+        if a.tfb_against:  # the same server as of another commit, for before/after ratios
+            tree = checkout(a.tfb_against, env.tmp / "against")
+            for e in engines:
+                specs[f"ref-{e}"] = project_argv(e, env.tmp / f"data-tfb-ref-{e}")
+                cwds[f"ref-{e}"] = tree
+        try:
+            servers = start_all(specs, env.tmp, env.server_cpus, cwds)
+        except BaseException:
+            if cwds:
+                remove_checkout(env.tmp / "against")
+            raise
         try:
             violations = [f"{key}: {v}" for key, s in servers.items() for v in verify(s.url, db_url)]
             for v in violations:
@@ -92,6 +116,8 @@ def run_techempower(env, engines: list[str]) -> tuple[list[dict], dict, list[str
                 measure(env, servers, wanted, samples, one_run, rounds_over)
         finally:
             stop_all(servers)
+            if cwds:
+                remove_checkout(env.tmp / "against")
         processes = {} if violations or a.no_tfb_processes else run_processes(env, engines, wanted)
     finally:
         for key, value in saved.items():
@@ -99,6 +125,7 @@ def run_techempower(env, engines: list[str]) -> tuple[list[dict], dict, list[str
         pg.stop("immediate")
         shutil.rmtree(pg_base, ignore_errors=True)
     raw = {"types": samples, "processes": processes, "violations": violations,
+           "against": a.tfb_against,
            "commands": {k: env.show(v) for k, v in specs.items()}}
     return summarize(env, engines, wanted, raw), raw, violations
 
@@ -164,7 +191,7 @@ def summarize(env, engines: list[str], wanted: list[str], raw: dict) -> list[dic
         for key, runs in samples.items():
             def med(field, runs=runs):
                 return median([x.get(field) if x else None for x in runs])
-            ours = key.startswith("project-")
+            ours = key.startswith(("project-", "ref-"))
             lines.append({
                 "server": key, "rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
                 "per_cpu_s": median([per_cpu_s(x) for x in runs]),
@@ -173,7 +200,13 @@ def summarize(env, engines: list[str], wanted: list[str], raw: dict) -> list[dic
                 **({f"{what}_vs_{den}": median(_ratios(samples, key, den, value))
                     for den in ("stock", "aiohttp")
                     for what, value in (("rps", lambda x: x and x.get("rps")),
-                                        ("cpu", per_cpu_s))} if ours else {})})
+                                        ("cpu", per_cpu_s))} if ours else {}),
+                **({"rps_vs_ref": median(_ratios(samples, key, "ref-" + key[len("project-"):],
+                                                 lambda x: x and x.get("rps"))),
+                    "cpu_vs_ref": median(_ratios(samples, key, "ref-" + key[len("project-"):],
+                                                 per_cpu_s))}
+                   if key.startswith("project-") and "ref-" + key[len("project-"):] in samples
+                   else {})})
         out.append({"id": f"techempower-{t}", "type": t, "path": TYPES[t], "servers": lines})
     processes = raw["processes"]
     for t, samples in (processes.get("samples") or {}).items():
@@ -201,6 +234,8 @@ def render(env, setup_line: str, summary: list[dict], raw: dict) -> str:
     """The BENCHMARKS.md block: one table per test type, then --processes 2."""
     a = env.args
     names = {f"project-{e}": f"this server, `--engine {e}`" for e in ("fast", "tornado")}
+    names.update({f"ref-{e}": f"this server at `{raw.get('against')}`, `--engine {e}`"
+                  for e in ("fast", "tornado")})
     names.update(LABELS)
     title = "## TechEmpower test types: this server vs stock Tornado, aiohttp, Starlette (issue 16)"
     verdict = ("no rule broken." if not raw["violations"] else
@@ -243,6 +278,14 @@ def render(env, setup_line: str, summary: list[dict], raw: dict) -> str:
                        f"| {p50} | {p99} "
                        f"| {_f(line['per_cpu_s'], '{:,.0f}')} | {line['errors']} | "
                        + " | ".join(ratios) + " |")
+        out.append("")
+    against = [(s["type"], line) for s in summary if "servers" in s for line in s["servers"]
+               if "rps_vs_ref" in line]
+    if against:
+        out += [f"### This server ÷ itself at `{raw.get('against')}` (before/after, same run)", "",
+                "| type | engine | req/s ÷ before | per CPU s ÷ before |", "|---|---|---:|---:|"]
+        out += [f"| {t} | {line['server'][len('project-'):]} | {_f(line['rps_vs_ref'], '**{:.2f}x**')} "
+                f"| {_f(line['cpu_vs_ref'], '{:.2f}x')} |" for t, line in against]
         out.append("")
     procs = [s for s in summary if "engine" in s]
     if procs:

@@ -97,3 +97,28 @@ def test_techempower_scenario_verifies_then_measures(tmp_path):
     text = markdown.read_text()
     assert text.count("bench.suite techempower: begin") == 1 and BEGIN in text  # the suite's kept
     assert "### `/plaintext` (plaintext)" in text and "wrk_pipeline.lua" in text
+
+
+def test_techempower_against_a_git_ref_measures_both_in_one_run(tmp_path):
+    """--tfb-against REF: the server as of REF (a temporary git worktree) is verified and measured
+    beside this checkout, the block gains a before/after table, and the worktree is removed."""
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text((ROOT / "BENCHMARKS.md").read_text())
+    cmd = [sys.executable, "-m", "bench.suite", "--only", "techempower", "--engines", "fast",
+           "--tfb-types", "json", "--seconds", "1", "--rounds", "1", "--no-wait", "--no-warmup",
+           "--no-tfb-processes", "--tfb-pool", "2", "--tfb-against", "HEAD",
+           "--out", str(tmp_path), "--markdown", str(markdown)]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench-techempower.json").read_text())
+    assert result["raw"]["violations"] == [] and result["raw"]["against"] == "HEAD"
+    runs = result["raw"]["types"]["json"]
+    assert set(runs) == {"project-fast", "ref-fast", "stock", "aiohttp", "starlette"}
+    assert runs["ref-fast"][0]["rps"] > 0 and runs["ref-fast"][0]["errors"] == 0
+    ours = next(s for s in result["summary"][0]["servers"] if s["server"] == "project-fast")
+    assert ours["rps_vs_ref"] > 0
+    text = markdown.read_text()
+    assert "itself at `HEAD` (before/after, same run)" in text
+    assert "| json | fast | **" in text
+    trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert "against" not in trees.stdout
