@@ -1,7 +1,6 @@
 """The JSON API through a real server on a loopback port: answers, error shapes and limits."""
 import asyncio
 import json
-import time
 import urllib.parse
 
 import pytest
@@ -183,12 +182,20 @@ async def test_slow_rejects_bad_ms(api, query):
     assert json_of(response)["error"]["field"] == "ms"
 
 
-async def test_a_thousand_slow_requests_finish_in_about_the_time_of_one(api):
-    started = time.monotonic()
-    responses = await asyncio.gather(*(api.get("/api/slow?ms=1000") for _ in range(1000)))
-    elapsed = time.monotonic() - started
+async def test_a_thousand_slow_requests_wait_at_the_same_time(api):
+    """1,000 simulated 5 s waits are all in flight at once: none holds the loop or a worker.
+
+    How long they take together is measured by `make bench` (the slow scenario), not here.
+    """
+    waits = [asyncio.ensure_future(api.get("/api/slow?ms=5000")) for _ in range(1000)]
+    peak = 0
+    while peak <= 1000 and not any(w.done() for w in waits):
+        stats = json_of(await api.get("/api/stats"))
+        peak = max(peak, stats["requests"]["in_flight"])  # the stats request itself is one
+        await asyncio.sleep(0.05)
+    responses = await asyncio.gather(*waits)
     assert [r.code for r in responses] == [200] * 1000
-    assert elapsed < 3.0, f"1,000 concurrent 1 s waits took {elapsed:.2f} s"
+    assert peak == 1001, f"at most {peak - 1} of the 1,000 waits were in flight together"
 
 
 # --- concurrency cap ---
@@ -236,18 +243,17 @@ async def test_compute_rejects_bad_n(api, body):
 
 @pytest.mark.server_settings(compute_max_n=60_000_000)
 async def test_event_loop_answers_while_compute_runs(api):
+    """Health probes are answered while a long count runs: it runs off the event loop.
+
+    (Were it on the loop, no probe could be answered before the job is done.)
+    """
     job = asyncio.ensure_future(api.post("/api/compute", {"n": 60_000_000}))
     await asyncio.sleep(0.3)
-    probes = []
     for _ in range(5):
-        started = time.monotonic()
-        response = await api.get("/healthz")
-        probes.append(time.monotonic() - started)
-        assert response.code == 200
+        assert (await api.get("/healthz")).code == 200
     assert not job.done(), "the compute job finished too fast to show anything"
     result = json_of(await job)
     assert result["primes"] == 3_562_115
-    assert max(probes) < 0.5, probes
 
 
 @pytest.mark.server_settings(compute_max_pending=1, compute_max_n=60_000_000)

@@ -29,7 +29,6 @@ SEND_TIMEOUT = 2.0
 LATE_MARGIN = 1.5
 EARLY_MARGIN = 0.1  # and this much before it (clock granularity)
 GIVE_UP = 8.0  # an attacking connection still open this long after its timer started is a failure
-PROBE_P99_MS = 50.0
 TCP_ESTABLISHED = 1
 
 
@@ -164,11 +163,12 @@ def check_cuts(cuts, timeout, what):
 
 
 def check_probe(probe, what):
-    """The probe never failed and its p99 stayed under PROBE_P99_MS."""
+    """The probe never failed: every request was answered 200 within its 2 s timeout.
+
+    Its latency is reported (RELIABILITY.md), not asserted: that is a benchmark's job.
+    """
     assert probe.latencies, "the probe made no request"
     assert not probe.failures, f"probe failures during {what}: {probe.failures[:5]}"
-    assert probe.p99_ms < PROBE_P99_MS, (
-        f"probe p99 {probe.p99_ms:.1f} ms during {what} ({len(probe.latencies)} requests)")
 
 
 def connections_open(port):
