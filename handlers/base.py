@@ -171,10 +171,10 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.decode_argument(values[0], name=name)
 
     def query_number(self, name: str) -> int | str | None:
-        """Query parameter ``name`` as an int when it is a whole number (server/rules.py), else
-        its text as sent (for the caller to refuse in its own words); None when absent.
+        """Query parameter ``name`` as an int when it is a whole number, else its text; None if absent.
 
-        Present but empty (``?before=``) is text, not absent.
+        A whole number is what server/rules.py's whole_number takes; other text is returned as
+        sent, for the caller to refuse in its own words. Present but empty (``?before=``) is text.
         """
         raw = self.query_value(name)
         if raw is None:
