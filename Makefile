@@ -17,7 +17,7 @@ $(VENV)/bin/python:
 	touch $@
 
 .make-test.stamp: setup.cfg pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,lint]'
 	touch $@
 
 venv: .make-test.stamp
@@ -43,8 +43,10 @@ tornado-suite: .make-test.stamp
 bench: .make-test.stamp
 	$(PY) -m bench.suite $(ARGS)
 
+# ruff over the whole tree (ruff.toml), then mypy, strict, on server/ and handlers/ (setup.cfg [mypy])
 lint: .make-test.stamp
-	$(PY) -m compileall -q server handlers bench tests
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # Debian packages the full test suite drives (CI installs them; root only).
 system-deps:
@@ -52,4 +54,4 @@ system-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx slowhttptest
 
 clean:
-	rm -rf $(VENV) .make-*.stamp .pytest_cache
+	rm -rf $(VENV) .make-*.stamp .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@ import importlib.util
 import platform
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import TOOL_NAME, __version__
 from .cli import UsageError, parse_args
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TOOL_NAME}: warning: {fd_warning}", file=sys.stderr)
         warnings.append(fd_warning)
 
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     agg = Aggregator(cfg.workers, sys.stderr if cfg.progress else None)
     try:
         interrupted = run(cfg, agg)

@@ -42,17 +42,17 @@ class NullConnection(httputil.HTTPConnection):
         protocol = "http"
         address = ("127.0.0.1", 40000)
 
-    def __init__(self, done: "asyncio.Future[None]") -> None:
+    def __init__(self, done: asyncio.Future[None]) -> None:
         self.done = done
 
     def set_close_callback(self, callback: Any) -> None:
         pass
 
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
-                      chunk: bytes | None = None) -> "asyncio.Future[None]":
+                      chunk: bytes | None = None) -> asyncio.Future[None]:
         return self.done
 
-    def write(self, chunk: bytes) -> "asyncio.Future[None]":
+    def write(self, chunk: bytes) -> asyncio.Future[None]:
         return self.done
 
     def finish(self) -> None:

@@ -209,7 +209,7 @@ def _parse_header(text: str) -> tuple[str, str]:
 class _Parser(argparse.ArgumentParser):
     """argparse that raises :class:`UsageError` instead of printing usage and exiting."""
 
-    def error(self, message: str):  # noqa: D401 - argparse hook
+    def error(self, message: str):
         """Turn argparse's complaint into a UsageError (one line, exit 2)."""
         raise UsageError(message)
 

@@ -345,7 +345,7 @@ def render_markdown(args, setup: dict, rows: list, hold: dict | None) -> str:
     wrk_rps = [w["rps"] for w, _ in clean]
     bench_rps = [b["requests_per_s"] for _, b in clean]
     med_w, med_b = statistics.median(wrk_rps), statistics.median(bench_rps)
-    med_ratio = statistics.median(b / w for w, b in zip(wrk_rps, bench_rps))
+    med_ratio = statistics.median(b / w for w, b in zip(wrk_rps, bench_rps, strict=True))
     c_arg, d_arg = args.connections, args.seconds
     if setup["pin"]:
         pinning = (f"nginx's worker is pinned to CPU {setup['pin'][0]} and the client under test "

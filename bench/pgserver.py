@@ -14,8 +14,10 @@ from .ports import free_port, wait_port
 
 def postgres_bin_dir() -> Path | None:
     """Where Debian's PostgreSQL server binaries are (newest version), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                   key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    def version(pg_ctl: str) -> int:
+        name = Path(pg_ctl).parent.parent.name
+        return int(name) if name.isdigit() else 0
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
     if found:
         return Path(found[-1]).parent
     pg_ctl = shutil.which("pg_ctl")

@@ -255,7 +255,8 @@ header h1 {{ font-size: 18px; margin: 0 0 4px; word-break: break-all; }}
 header p {{ margin: 0; color: #c6cbd6; font-size: 13px; }}
 main {{ padding: 16px 24px; max-width: 1200px; }}
 .grid {{ display: grid; grid-template-columns: 2fr 1fr; gap: 16px; }}
-section {{ background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 12px 16px; margin-bottom: 16px; }}
+section {{ background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 12px 16px;
+           margin-bottom: 16px; }}
 section h2 {{ font-size: 15px; margin: 0 0 8px; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ text-align: left; padding: 3px 8px 3px 0; border-bottom: 1px solid #eef0f4; vertical-align: top; }}
@@ -290,7 +291,10 @@ th {{ font-weight: 600; white-space: nowrap; width: 40%; }}
   var charts = [];
   function chart(id, series, data) {{
     var el = document.getElementById(id);
-    if (!t.length) {{ el.innerHTML = '<p class="empty">no per-second data (run shorter than a second?)</p>'; return; }}
+    if (!t.length) {{
+      el.innerHTML = '<p class="empty">no per-second data (run shorter than a second?)</p>';
+      return;
+    }}
     var opts = {{
       width: Math.max(300, el.clientWidth), height: 240,
       scales: {{ x: {{ time: false }} }},
@@ -312,7 +316,9 @@ th {{ font-weight: 600; white-space: nowrap; width: 40%; }}
   chart("chart-conns", [{{ label: "open connections", stroke: "#9467bd", width: 2 }}],
         [col(function (e) {{ return e.open_connections; }})]);
   window.addEventListener("resize", function () {{
-    charts.forEach(function (c) {{ c[1].setSize({{ width: Math.max(300, c[0].clientWidth), height: 240 }}); }});
+    charts.forEach(function (c) {{
+      c[1].setSize({{ width: Math.max(300, c[0].clientWidth), height: 240 }});
+    }});
   }});
   document.body.setAttribute("data-charts", String(charts.length));
 }})();

@@ -160,7 +160,7 @@ class Worker:
                 self.cancelled += 1
                 conn.dead = True
             raise
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             if conn.transport is not None:
                 # connected just as the attempt gave up: connection_lost accounts for it as ours
                 conn.by_client = True
@@ -342,7 +342,7 @@ class Worker:
         try:
             await asyncio.wait_for(self.stopped.wait(), delay)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def stop(self) -> None:
@@ -565,7 +565,7 @@ class _StopFlag:
     def __init__(self):
         self.set = False
 
-    def handler(self, signum, frame):  # noqa: ARG002 - signal API
+    def handler(self, signum, frame):
         """Signal handler: remember the request (forwarded outside the handler)."""
         self.set = True
 

@@ -245,13 +245,13 @@ def side_by_side(env: Env, pair: list[Server], path: str) -> list[dict]:
     before = [s.cpu_seconds() for s in pair]
     with ThreadPoolExecutor(len(pair)) as pool:
         runs = list(pool.map(lambda s: _run_or_error(env, s.url + path, a.connections // 2), pair))
-    used = [s.cpu_seconds() - cpu0 for s, cpu0 in zip(pair, before)]
+    used = [s.cpu_seconds() - cpu0 for s, cpu0 in zip(pair, before, strict=True)]
     wall = max((run.get("wall_s") or 0 for run in runs), default=0)
     # together they should have had the whole core; less means other load took part of it
     disturbed = wall > 0 and 100 * sum(used) / wall < MIN_SERVER_CPU
     return [{**run, "cpu_s": cpu, "disturbed": disturbed,
              "per_cpu_s": run["rps"] * run["wall_s"] / cpu if run.get("rps") and cpu > 0 else None}
-            for run, cpu in zip(runs, used)]
+            for run, cpu in zip(runs, used, strict=True)]
 
 
 def _run_or_error(env: Env, url: str, connections: int) -> dict:
@@ -360,9 +360,9 @@ def run_throughput(env: Env, engines: list[str], wanted: set[str]
                     [x.get("disturbed", False) for x in samples[k]]) for k in s["targets"]]
         for label, num, den, goal in s["ratios"]:
             ratios = [n["rps"] / d["rps"] if n["rps"] and d["rps"] else None
-                      for n, d in zip(samples[num], samples[den])]
+                      for n, d in zip(samples[num], samples[den], strict=True)]
             marks = [bool(n.get("disturbed") or d.get("disturbed"))
-                     for n, d in zip(samples[num], samples[den])]
+                     for n, d in zip(samples[num], samples[den], strict=True)]
             rows.append(row(label, "ratio", ratios, marks, goal=goal))
         used = list(dict.fromkeys(t.server for k in s["targets"] for t in targets if t.key == k))
         loads = [env.load(a.connections)]
@@ -397,7 +397,7 @@ def run_app_cpu(env: Env, section: dict) -> dict:
         row(f"`{HELLO_PATH}` --no-metrics, CPU per request in process", "us", samples["nometrics"]),
         row("metrics on ÷ --no-metrics, in process (requests per CPU second)", "ratio",
             [off / on if on and off else None
-             for on, off in zip(samples["metrics"], samples["nometrics"])], goal=(">=", 0.95)),
+             for on, off in zip(samples["metrics"], samples["nometrics"], strict=True)], goal=(">=", 0.95)),
     ]
     section["commands"].append(env.show(cmd))
     section["notes"].append(
@@ -444,7 +444,7 @@ def run_processes(env: Env, engines: list[str]) -> tuple[list[dict], dict]:
                  row(f"2 processes, {e} engine req/s", "rps", [x["rps"] for x in two]),
                  row(f"2 processes ÷ 1, {e} engine", "ratio",
                      [t["rps"] / o["rps"] if t["rps"] and o["rps"] else None
-                      for o, t in zip(one, two)], goal=(">=", 1.7)),
+                      for o, t in zip(one, two, strict=True)], goal=(">=", 1.7)),
                  row(f"server CPU with 2 processes, {e} engine", "pct",
                      [x.get("server_cpu") for x in two])]
     section = {
@@ -596,8 +596,8 @@ def run_hold(env: Env, engines: list[str]) -> tuple[list[dict], dict]:
                  for x in v] for k, v in samples.items()}
     def ratio_row(label: str, field: str, num: str, den: str) -> dict:
         return row(label, "ratio", [n[field] / d[field] if n.get(field) is not None and d.get(field)
-                                    else None for n, d in zip(samples[num], samples[den])],
-                   [m or n for m, n in zip(marks[num], marks[den])])
+                                    else None for n, d in zip(samples[num], samples[den], strict=True)],
+                   [m or n for m, n in zip(marks[num], marks[den], strict=True)])
 
     rows = []
     for field, kind, what, goal in (("kb_per_connection", "kb", "KB per connection", 4.0),

@@ -25,8 +25,8 @@ def run_wrk(wrk: str, url: str, connections: int, seconds: int, threads: int = 1
     lua = ["-s", script[0]] if script else []
     lua_args = ["--", *script[1:]] if script[1:] else []
     out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          *lua, url, *lua_args], capture_output=True, text=True, timeout=seconds + 60, check=True,
-                         preexec_fn=_pin(cpu)).stdout
+                          *lua, url, *lua_args], capture_output=True, text=True, timeout=seconds + 60,
+                         check=True, preexec_fn=_pin(cpu)).stdout
     pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                               out)

@@ -27,7 +27,7 @@ def row(label: str, kind: str, values: list, marks: list | None = None, goal: tu
     every value is marked.
     """
     marks = marks or [False] * len(values)
-    clean = [v for v, m in zip(values, marks) if not m]
+    clean = [v for v, m in zip(values, marks, strict=True) if not m]
     med = median(clean) if median(clean) is not None else median(values)
     met = None
     if goal is not None and med is not None:
@@ -57,7 +57,7 @@ def table(rows: list[dict]) -> list[str]:
     out = ["| measurement | " + " | ".join(f"round {i}" for i in range(1, rounds + 1))
            + " | median | goal |", "|---|" + "---:|" * (rounds + 1) + "---|"]
     for r in rows:
-        cells = [_cell(r["kind"], v, m) for v, m in zip(r["values"], r["marks"])]
+        cells = [_cell(r["kind"], v, m) for v, m in zip(r["values"], r["marks"], strict=True)]
         cells += [""] * (rounds - len(cells))
         med = _cell(r["kind"], r["median"])
         if r["kind"] == "ratio" and r["median"] is not None:

@@ -74,7 +74,7 @@ def per_cpu_s(res: dict | None) -> float | None:
 
 def _ratios(samples: dict, num: str, den: str, value) -> list:
     return [value(n) / value(d) if value(n) and value(d) else None
-            for n, d in zip(samples[num], samples[den])]
+            for n, d in zip(samples[num], samples[den], strict=True)]
 
 
 def run_techempower(env, engines: list[str]) -> tuple[list[dict], dict, list[str]]:
@@ -220,9 +220,10 @@ def summarize(env, engines: list[str], wanted: list[str], raw: dict) -> list[dic
                         "p2_cpu_pct": median([x and x.get("server_cpu") for x in two]),
                         "per_cpu_s_ratio": median([per_cpu_s(b) / per_cpu_s(o)
                                                    if per_cpu_s(b) and per_cpu_s(o) else None
-                                                   for o, b in zip(one, two)]),
+                                                   for o, b in zip(one, two, strict=True)]),
                         "rps_ratio": median([b["rps"] / o["rps"] if o and b and o.get("rps")
-                                             and b.get("rps") else None for o, b in zip(one, two)])})
+                                             and b.get("rps") else None
+                                             for o, b in zip(one, two, strict=True)])})
     return out
 
 

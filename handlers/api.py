@@ -9,18 +9,19 @@ from typing import Any
 
 from tornado.web import url
 
-from server.rules import whole_number
 from server.services.greeting import NAME_PATTERN
 from server.services.outbound import FetchKind, FetchResult
 
-from .base import PublicError, ApiHandler
+from .base import ApiHandler, PublicError
 from .openapi import ANY_JSON, Param, Response, documented, excluded_from_docs, from_settings
-from .schemas import (ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn,
-                      HelloOut, SlowOut)
+from .schemas import ComputeIn, ComputeOut, FetchIn, FetchOut, FetchResultOut, HelloIn, HelloOut, SlowOut
 
 
-class HelloApiHandler(ApiHandler):
-    """GET /api/hello[/<name>] and POST /api/hello {"name": ...}."""
+class HelloNameApiHandler(ApiHandler):
+    """GET /api/hello/<name>: the greeting for the name in the path (POST only at /api/hello).
+
+    It has no post(): Tornado's own 405, a name in the path takes no body.
+    """
 
     @documented("Greet someone (Anonymous without a name)",
                 path={"name": Param({"type": "string", "pattern": NAME_PATTERN,
@@ -33,6 +34,13 @@ class HelloApiHandler(ApiHandler):
     async def get(self, name: str | None = None) -> None:
         self.write_model(HelloOut(message=self._greet(name)))
 
+    def _greet(self, name: str | None) -> str:
+        return self.services.greeting.greet(name)
+
+
+class HelloApiHandler(HelloNameApiHandler):
+    """GET /api/hello (the greeting for Anonymous) and POST /api/hello {"name": ...}."""
+
     @documented("Greet the name in the body",
                 request=HelloIn, request_example={"name": "Grace"},
                 responses={200: HelloOut,
@@ -41,15 +49,6 @@ class HelloApiHandler(ApiHandler):
     async def post(self) -> None:
         body = self.parse_model(HelloIn)
         self.write_model(HelloOut(message=self._greet(body.name)))
-
-    def _greet(self, name: str | None) -> str:
-        return self.services.greeting.greet(name)
-
-
-class HelloNameApiHandler(HelloApiHandler):
-    """GET /api/hello/<name>: the greeting for the name in the path (POST only at /api/hello)."""
-
-    post = ApiHandler.post  # Tornado's own 405: a name in the path takes no body
 
 
 class EchoHandler(ApiHandler):
@@ -79,12 +78,11 @@ class SlowHandler(ApiHandler):
                            422: "ms is missing, given more than once, not a whole number or above "
                                 "--slow-max-ms"})
     async def get(self) -> None:
-        raw = self.query_value("ms")
+        requested = self.query_number("ms")
         limit = self.config.slow_max_ms
-        if raw is None:
+        if requested is None:
             raise PublicError(422, "ms: required", field="ms")
-        requested = whole_number(raw)
-        if requested is None or requested > limit:
+        if isinstance(requested, str) or requested > limit:
             raise PublicError(422, f"ms: must be a whole number from 0 to {limit}", field="ms")
         started = time.perf_counter()
         await asyncio.sleep(requested / 1000)

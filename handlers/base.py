@@ -1,26 +1,29 @@
 """BaseHandler, PageHandler and ApiHandler: the one place for errors, JSON and shared state."""
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import math
 import random
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 import tornado.web
 import tornado.websocket
 from tornado import httputil
 
-from server import __version__
+from server import __version__, compat
 from server.accesslog import client_address
-from server.config import Settings
-from server import compat
 from server.compat import make_headers, normalized
+from server.config import Settings
 from server.responses import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
+from server.rules import whole_number
 from server.services import Invalid, NotFound, RateLimited, ServiceError, Services, Unavailable
 from server.state import ServerState
 
@@ -34,9 +37,6 @@ MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|\d[eE]|\d{309}")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-_date = [0, ""]
-
-
 # the default headers as HTTPHeaders stores them (names normalised, values checked once here)
 _SECURITY_HEADERS = tuple((normalized(name), value) for name, value in SECURITY_HEADERS)
 _REQUEST_ID_HEADER = normalized("X-Request-ID")
@@ -44,13 +44,14 @@ for _name, _value in (*_SECURITY_HEADERS, ("Strict-Transport-Security", STRICT_T
     compat.check_header_value(_value)  # raises on a bad value
 
 
+@functools.lru_cache(maxsize=1)
+def _imf_date(second: int) -> str:
+    return httputil.format_timestamp(second)
+
+
 def http_date() -> str:
     """The Date header value for now (RFC 7231 IMF-fixdate), formatted at most once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[1] = httputil.format_timestamp(now)
-        _date[0] = now
-    return _date[1]
+    return _imf_date(int(time.time()))
 
 
 def request_id(given: str | None) -> str:
@@ -97,7 +98,7 @@ def public_error(exc: ServiceError, message: str | None = None) -> PublicError:
     """
     status = service_status(exc)
     if status is None:
-        return PublicError(500, httputil.responses[500])
+        return PublicError(500, http.client.responses[500])
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return PublicError(status, exc.message if message is None else message, field=exc.field,
                        headers=headers)
@@ -112,7 +113,7 @@ def client_message(status_code: int, exc: BaseException | None) -> str:
         message = exc.get_message()
         if message:
             return message
-    return httputil.responses.get(status_code, "Unknown error")
+    return http.client.responses.get(status_code, "Unknown error")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -126,8 +127,8 @@ class BaseHandler(tornado.web.RequestHandler):
         if route_name:
             self.route_name = route_name
         trusted = application.settings["trusted_networks"]
-        if trusted:
-            peer = request.remote_ip
+        peer = request.remote_ip
+        if trusted and peer is not None:  # no peer address (None): nothing to judge, kept as it is
             request.remote_ip = client_address(peer, request.headers, trusted)
             proto = request.headers.get("X-Forwarded-Proto", "").lower()
             if proto in ("http", "https") and request.remote_ip != peer:
@@ -138,17 +139,20 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def config(self) -> Settings:
         """The validated server settings."""
-        return self.application.settings["config"]
+        config: Settings = self.application.settings["config"]
+        return config
 
     @property
     def services(self) -> Services:
         """The opened services (greeting, compute, outbound, ...)."""
-        return self.application.settings["services"]
+        services: Services = self.application.settings["services"]
+        return services
 
     @property
     def server_state(self) -> ServerState:
         """Mutable runtime state of this server process (draining, requests in flight)."""
-        return self.application.settings["state"]
+        state: ServerState = self.application.settings["state"]
+        return state
 
     def query_value(self, name: str) -> str | None:
         """The one value of query parameter ``name`` exactly as sent (percent-decoded), or None.
@@ -165,6 +169,18 @@ class BaseHandler(tornado.web.RequestHandler):
             raise PublicError(422, f"{name}: give it once (it was given {len(values)} times)",
                               field=name)
         return self.decode_argument(values[0], name=name)
+
+    def query_number(self, name: str) -> int | str | None:
+        """Query parameter ``name`` as an int when it is a whole number, else its text; None if absent.
+
+        A whole number is what server/rules.py's whole_number takes; other text is returned as
+        sent, for the caller to refuse in its own words. Present but empty (``?before=``) is text.
+        """
+        raw = self.query_value(name)
+        if raw is None:
+            return None
+        number = whole_number(raw)
+        return raw if number is None else number
 
     def clear(self) -> None:
         """Reset the response (what RequestHandler.clear does), on the per-request hot path.
@@ -258,7 +274,7 @@ class PageHandler(BaseHandler):
         if self.settings.get("serve_traceback") and exc_info:
             details = "".join(traceback.format_exception(*exc_info))
         self.render("error.html", status_code=status_code,
-                    reason=httputil.responses.get(status_code, "Error"),
+                    reason=http.client.responses.get(status_code, "Error"),
                     message=client_message(status_code, exc), details=details)
 
 

@@ -5,7 +5,7 @@ import datetime
 import os
 import re
 import stat
-from typing import Any
+from typing import Any, TypedDict
 
 import tornado.web
 from tornado.web import url
@@ -25,6 +25,15 @@ def human_size(size: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+class _Entry(TypedDict):
+    """One row of a directory listing (templates/files.html)."""
+
+    name: str
+    is_dir: bool
+    size: str
+    modified: str
 
 
 class FilesHandler(StaticHandler):
@@ -61,7 +70,7 @@ class FilesHandler(StaticHandler):
         return super().validate_absolute_path(root, absolute_path)
 
     def _render_listing(self, directory: str) -> None:
-        entries = []
+        entries: list[_Entry] = []
         try:
             scanned = list(os.scandir(directory))
         except OSError:
@@ -78,7 +87,7 @@ class FilesHandler(StaticHandler):
                 "name": entry.name + ("/" if is_dir else ""),
                 "is_dir": is_dir,
                 "size": "" if is_dir else human_size(info.st_size),
-                "modified": datetime.datetime.fromtimestamp(info.st_mtime, datetime.timezone.utc)
+                "modified": datetime.datetime.fromtimestamp(info.st_mtime, datetime.UTC)
                 .strftime("%Y-%m-%d %H:%M UTC"),
             })
         entries.sort(key=lambda e: (not e["is_dir"], e["name"].lower()))

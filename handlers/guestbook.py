@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 import tornado.websocket
 from tornado.web import url
@@ -10,21 +9,9 @@ from tornado.web import url
 from server.rules import MAX_WHOLE_NUMBER, whole_number
 from server.services import Invalid, RateLimited, Unavailable
 
-from .base import ApiHandler, BaseHandler, PageHandler, PublicError, WebSocketHandler, public_error
+from .base import ApiHandler, PageHandler, PublicError, WebSocketHandler, public_error
 from .openapi import Param, Response, documented, from_settings
 from .schemas import MessageIn, MessageListOut, MessageOut
-
-
-def _int_argument(handler: BaseHandler, name: str) -> Any:
-    """A query argument as int when it is one, the raw text otherwise (the service rejects it).
-
-    Absent is None; present but empty (``?before=``) is text, which the service refuses.
-    """
-    raw = handler.query_value(name)
-    if raw is None:
-        return None
-    number = whole_number(raw)
-    return raw if number is None else number
 
 
 class MessagesHandler(ApiHandler):
@@ -44,7 +31,7 @@ class MessagesHandler(ApiHandler):
                                 "than once",
                            503: Response("the database is unavailable", headers=("Retry-After",))})
     async def get(self) -> None:
-        limit, before = _int_argument(self, "limit"), _int_argument(self, "before")
+        limit, before = self.query_number("limit"), self.query_number("before")
         page = await self.services.guestbook.list_messages(limit, before)
         self.set_header("Cache-Control", "no-cache")
         if page.encoded is not None:
@@ -52,8 +39,9 @@ class MessagesHandler(ApiHandler):
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.finish(page.encoded)
             return
-        self.write_model(MessageListOut(messages=page.messages, next_before=page.next_before,
-                                        count=page.count))
+        # validated from the service's plain dicts (the constructor would do the same)
+        self.write_model(MessageListOut.model_validate(
+            {"messages": page.messages, "next_before": page.next_before, "count": page.count}))
 
     @documented("Sign the guestbook",
                 description="A 201 means the message is on disk. Posting is rate-limited per "
@@ -149,7 +137,7 @@ class GuestbookPageHandler(PageHandler):
     async def _render(self, errors: dict[str, str] | None = None, name: str = "",
                       text: str = "") -> None:
         """The page in the status already set; the error page when the messages cannot be read."""
-        before = _int_argument(self, "before")
+        before = self.query_number("before")
         try:
             page = await self.services.guestbook.list_messages(None, before)
         except Invalid as exc:  # the page's own words; the status comes from the table
@@ -166,7 +154,7 @@ class LiveHandler(WebSocketHandler):
 
     _unsubscribe = None
 
-    def open(self) -> None:  # type: ignore[override]
+    def open(self) -> None:
         state = self.application.settings["state"]
         config = self.application.settings["config"]
         if state.draining or len(state.live_clients) >= config.live_max_clients:

@@ -9,7 +9,7 @@ from server import __version__
 
 from .base import ApiHandler, BaseHandler
 from .openapi import Response, documented
-from .schemas import HealthOut
+from .schemas import HealthOut, HealthStatus
 
 
 class _ProbeHandler(ApiHandler):
@@ -18,7 +18,7 @@ class _ProbeHandler(ApiHandler):
     def prepare(self) -> None:
         BaseHandler.prepare(self)
 
-    def _report(self, status: str, code: int, checks: dict[str, str] | None = None) -> None:
+    def _report(self, status: HealthStatus, code: int, checks: dict[str, str] | None = None) -> None:
         self.set_header("Cache-Control", "no-store")
         uptime = round(time.time() - self.server_state.started_at, 3)
         self.write_model(HealthOut(status=status, version=__version__, uptime_s=uptime,

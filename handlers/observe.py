@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.web import url
@@ -14,7 +15,7 @@ from .base import ApiHandler, BaseHandler, PageHandler
 from .openapi import Response, documented
 
 
-def _stats(handler: BaseHandler) -> dict:
+def _stats(handler: BaseHandler) -> dict[str, Any]:
     cluster = handler.application.settings.get("cluster")
     metrics: Metrics = handler.application.settings["metrics"]
     summary = cluster.summary() if cluster is not None else metrics.summary()

@@ -30,7 +30,8 @@ class HelloIn(_Model):
     """POST /api/hello"""
 
     name: str = Field(description="who to greet; empty means Anonymous",
-                      json_schema_extra={"pattern": NAME_PATTERN, **from_settings(maxLength="max_name_length")})
+                      json_schema_extra={"pattern": NAME_PATTERN,
+                                         **from_settings(maxLength="max_name_length")})
 
 
 class HelloOut(_Model):
@@ -91,10 +92,13 @@ class FetchOut(_Model):
     elapsed_ms: float
 
 
+HealthStatus = Literal["ok", "ready", "draining", "unavailable"]
+
+
 class HealthOut(_Model):
     """Liveness or readiness."""
 
-    status: Literal["ok", "ready", "draining", "unavailable"]
+    status: HealthStatus
     version: str
     uptime_s: float
     checks: dict[str, str] = Field(default={}, description="readiness of each dependency")

@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
 
 from tornado.web import OutputTransform
 
@@ -95,7 +96,7 @@ class AccessLogWriter:
             pass  # stderr is gone (a closed pipe): the access log cannot be written anywhere
 
 
-def client_address(peer: str, headers: Any, trusted: Sequence[Network]) -> str:
+def client_address(peer: str, headers: Mapping[str, str], trusted: Sequence[Network]) -> str:
     """The client's address: the peer, or what trusted proxies say it is (X-Forwarded-For, X-Real-IP).
 
     X-Forwarded-For is read right to left, skipping our own trusted proxies; the first address not
@@ -184,7 +185,7 @@ class RequestObserver:
         if self.writer is not None:
             self.writer.write(self.format_line(
                 request.method, request.uri, request.version, request.remote_ip, request.headers,
-                status, getattr(handler, "bytes_sent", None) or getattr(request, "bytes_sent", 0),
+                status, getattr(handler, "bytes_sent", 0) or getattr(request, "bytes_sent", 0),
                 seconds,
                 getattr(handler, "request_id", "-"), time.time() - seconds))
 

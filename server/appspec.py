@@ -16,9 +16,10 @@ import contextlib
 import importlib
 import inspect
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from tornado import httputil
 

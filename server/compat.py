@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tornado.web
 from tornado import httputil, iostream
@@ -74,7 +75,7 @@ def release_transport(transport: Any) -> None:
         transport._read_ready_cb = None
 
 
-def http1_max_body_size(connection: Any) -> int:
+def http1_max_body_size(connection: HTTP1Connection) -> int:
     """The body limit of a request on Tornado's HTTP1Connection (its set_max_body_size included).
 
     Tornado keeps it in ``_max_body_size`` and offers no getter; the tornado engine needs it to
@@ -208,7 +209,9 @@ class HandlerDelegate(tornado.web._HandlerDelegate):
                                                     **self.handler_kwargs)
         transforms = [t(self.request) for t in self.application.transforms]
         if self.stream_request_body:
-            handler._prepared_future = Future()
+            # Tornado's __init__ sets this attribute to None, so its inferred type is None only; Tornado's
+            # own _HandlerDelegate.execute sets the same Future here
+            handler._prepared_future = Future()  # type: ignore[assignment]
         task = asyncio.get_running_loop().create_task(
             handler._execute(transforms, *self.path_args, **self.path_kwargs))
         _RUNNING.add(task)
@@ -227,7 +230,8 @@ def normalized(name: str) -> str:
     """A header name as HTTPHeaders stores it ("X-Request-ID" -> "X-Request-Id")."""
     probe = httputil.HTTPHeaders()
     probe[name] = ""
-    return next(iter(probe))
+    stored: str = next(iter(probe))  # HTTPHeaders declares its keys as Any
+    return stored
 
 
 # Tornado's lru-cached normalisation (private: the public probe above when it is gone)
@@ -272,10 +276,10 @@ _new_headers = Headers.__new__
 def make_headers(as_list: dict[str, list[str]]) -> httputil.HTTPHeaders:
     """An HTTPHeaders holding these (already validated, normalised) header lines; takes the dict."""
     if FAST_HEADERS:
-        headers = _new_headers(Headers)
-        headers._as_list = as_list
-        headers._combined_cache = {}
-        return headers
+        fast = _new_headers(Headers)
+        fast._as_list = as_list
+        fast._combined_cache = {}
+        return fast
     headers = httputil.HTTPHeaders()
     for name, values in as_list.items():
         for value in values:
@@ -287,7 +291,7 @@ def header_lists(headers: httputil.HTTPHeaders) -> dict[str, list[str]]:
     """{name: [values]} of these headers: Tornado's own dict when the layout is known (read, not
     copied: the caller must not change it), else a copy made through the public API."""
     if FAST_HEADERS:
-        return headers._as_list  # type: ignore[attr-defined, no-any-return]
+        return headers._as_list
     return {name: headers.get_list(name) for name in headers}
 
 
@@ -308,7 +312,7 @@ def start_handlers_directly(app: Any) -> None:
                                  path_args: Any = None, path_kwargs: Any = None) -> Any:
             return HandlerDelegate(app, request, target_class, target_kwargs, path_args,
                                    path_kwargs)
-        app.get_handler_delegate = get_handler_delegate
+        vars(app)["get_handler_delegate"] = get_handler_delegate  # an instance attribute over the method
 
 
 _format_timestamp = httputil.format_timestamp

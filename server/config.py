@@ -6,9 +6,10 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 ENV_PREFIX = "SERVER_"
 
@@ -427,7 +428,7 @@ class Settings:
     outbound_max_bytes: int = setting(1024 * 1024, "largest outbound response body read (bytes)",
                                       parse_size, "outbound", "SIZE")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed (values already parsed)."""
         return dataclasses.replace(self, **changes)
 

@@ -8,11 +8,18 @@ import os
 import resource
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram,
-                               ProcessCollector, generate_latest)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -46,7 +53,7 @@ class BucketCounts:
         self.total += 1
         self.sum += seconds
 
-    def merge(self, other: "BucketCounts") -> None:
+    def merge(self, other: BucketCounts) -> None:
         for i, count in enumerate(other.counts):
             self.counts[i] += count
         self.total += other.total
@@ -340,7 +347,7 @@ _BOUNDS = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
 def _cumulative(counts: BucketCounts) -> list[tuple[str, int]]:
     """Prometheus histogram buckets (upper bound, count at or below it) of one BucketCounts."""
     total, buckets = 0, []
-    for bound, count in zip(_BOUNDS, list(counts.counts)):
+    for bound, count in zip(_BOUNDS, list(counts.counts), strict=True):
         total += count
         buckets.append((bound, total))
     return buckets

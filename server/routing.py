@@ -46,9 +46,9 @@ class RouteIndex:
         self.size = len(rules)
         segments = [literal_first_segment(rule) for rule in rules]
         self.groups: dict[str, list[Rule]] = {
-            segment: [rule for rule, s in zip(rules, segments) if s is None or s == segment]
+            segment: [rule for rule, s in zip(rules, segments, strict=True) if s is None or s == segment]
             for segment in set(segments) if segment is not None}
-        self.others = [rule for rule, s in zip(rules, segments) if s is None]
+        self.others = [rule for rule, s in zip(rules, segments, strict=True) if s is None]
 
     def candidates(self, path: str) -> list[Rule]:
         """The rules that may match this path, in the rule list's order."""

@@ -20,13 +20,14 @@ import tornado.testing
 import tornado.web
 from tornado.netutil import bind_sockets
 
-from bench.ports import free_port
 from bench.pgserver import PostgresServer, postgres_bin_dir
-from helpers import PROJECT_ROOT, Api, LiveServer, RedisServer, require
-from reliability import (pytest_addoption, pytest_configure, pytest_sessionfinish,  # noqa: F401
-                         record_report, reliability)
+from bench.ports import free_port
+from helpers import PROJECT_ROOT, TEST_ROUTES, Api, LiveServer, RawClient, RedisServer, require
 from server.config import Settings
 from server.lifecycle import ServerRuntime
+
+# its hooks (--reliability-report) and the reliability fixture
+pytest_plugins = ["reliability"]
 
 ARTIFACTS = PROJECT_ROOT / "artifacts"
 
@@ -36,6 +37,8 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI=true a skipped test is a failure: CI must never pass on a suite that did not run."""
+    # imported here, not at the top: pytest_plugins must load the module first (to rewrite its asserts)
+    from reliability import record_report
     outcome = yield
     report = outcome.get_result()
     if report.skipped and os.environ.get("CI", "").lower() == "true" and not hasattr(report, "wasxfail"):
@@ -51,7 +54,8 @@ def chromium_browser():
     Module-scoped: Playwright's sync API keeps an event loop running while it is open, which
     would stop pytest-tornado's loops in later modules; keep browser tests in modules of their own.
     """
-    require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None,
+            "chromium (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -104,7 +108,10 @@ def io_loop():
 
 @pytest.fixture
 def _unused_port():
-    """A loopback listening socket with a deep backlog (pytest-tornado's has 128: too few for 1,000 clients)."""
+    """A loopback listening socket with a deep backlog.
+
+    pytest-tornado's has 128: too few for 1,000 clients.
+    """
     sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=2048)[0]
     return sock, sock.getsockname()[1]
 
@@ -153,7 +160,6 @@ def certificate(tmp_path_factory):
 @pytest.fixture
 def raw_clients(io_loop):
     """``await raw_clients(port)``: a RawClient (tests/helpers.py), closed at the end of the test."""
-    from helpers import RawClient
     opened = []
 
     async def open_client(port):
@@ -168,7 +174,10 @@ def raw_clients(io_loop):
 
 @pytest.fixture
 def server_settings(request, tmp_path, engine):
-    """Test settings: loopback, one compute worker, 127.0.0.1 fetchable; @pytest.mark.server_settings(...) overrides."""
+    """Test settings: loopback, one compute worker, 127.0.0.1 fetchable.
+
+    @pytest.mark.server_settings(...) overrides them.
+    """
     marker = request.node.get_closest_marker("server_settings")
     overrides = dict(marker.kwargs) if marker else {}
     base = Settings(address="127.0.0.1", port=0, compute_workers=1, log_level="warning",
@@ -190,6 +199,28 @@ def http_server(io_loop, server_settings, _unused_port):
 def http_port(http_server, _unused_port):
     """The port of the running in-process server."""
     return _unused_port[1]
+
+
+@pytest.fixture
+def port(http_server, http_port):
+    """The in-process server's port, with tests/helpers.py's TEST_ROUTES added (the engine tests)."""
+    http_server.http.request_callback.add_handlers(r".*", TEST_ROUTES)
+    return http_port
+
+
+@pytest.fixture
+def connect(port):
+    """``await connect()``: a RawClient to ``port``, closed at the end of the test (even a failed one)."""
+    opened = []
+
+    async def open_client():
+        """Connect one more client."""
+        client = await RawClient.connect(port)
+        opened.append(client)
+        return client
+    yield open_client
+    for client in opened:
+        client.close()  # the server fixture's teardown then runs the loop that finishes closing
 
 
 @pytest.fixture

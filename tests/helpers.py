@@ -21,6 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import tornado.web
+import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from bench.ports import free_port, wait_port
 
@@ -231,6 +234,117 @@ def make_certificate(directory, name="server"):
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
                    check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+# --- request handlers the engine tests add to the in-process server (conftest.py's port fixture) ---
+
+class StreamedHandler(tornado.web.RequestHandler):
+    """Writes its body in flushed pieces (a chunked response)."""
+
+    async def get(self):
+        """Write n pieces, flushing each."""
+        for i in range(int(self.get_query_argument("n", "3"))):
+            self.write(f"part{i};")
+            try:
+                await self.flush()
+            except StreamClosedError:
+                return
+            await asyncio.sleep(0.01)
+
+
+@tornado.web.stream_request_body
+class UploadHandler(tornado.web.RequestHandler):
+    """Counts a streamed request body; data_received is a coroutine (flow control)."""
+
+    def check_xsrf_cookie(self):
+        """Raw test requests carry no XSRF token."""
+        return None
+
+    def prepare(self):
+        """Start counting; accept bodies up to 8 MB."""
+        self.total = 0
+        self.chunks = 0
+        self.request.connection.set_max_body_size(8 * 1024 * 1024)
+
+    async def data_received(self, chunk):
+        """Count a piece (yielding once, like a handler that writes it somewhere)."""
+        self.total += len(chunk)
+        self.chunks += 1
+        await asyncio.sleep(0)
+
+    def put(self):
+        """Answer with what arrived."""
+        self.write({"bytes": self.total, "chunks": self.chunks})
+
+    post = put
+
+
+class SlowHandler(tornado.web.RequestHandler):
+    """Answers after ?s= seconds."""
+
+    async def get(self):
+        """Sleep, then answer."""
+        await asyncio.sleep(float(self.get_query_argument("s")))
+        self.write("done")
+
+    head = get
+
+
+GATE: dict = {}  # "event": the asyncio.Event of the running test's loop
+
+
+class GateHandler(tornado.web.RequestHandler):
+    """GET waits until the gate is opened (POST opens it)."""
+
+    def check_xsrf_cookie(self):
+        """Raw test requests carry no XSRF token."""
+        return None
+
+    async def get(self):
+        """Answer once the gate is open."""
+        await GATE["event"].wait()
+        self.write("through")
+
+    def post(self):
+        """Open the gate."""
+        GATE["event"].set()
+        self.write("open")
+
+
+class ContextHandler(tornado.web.RequestHandler):
+    """What the request says about the client and the connection."""
+
+    def get(self):
+        """Answer with the request's view of the client."""
+        request = self.request
+        self.write({"remote_ip": request.remote_ip, "protocol": request.protocol, "host": request.host,
+                    "host_name": request.host_name, "version": request.version, "uri": request.uri,
+                    "path": request.path, "query": request.query,
+                    "arguments": {k: [v.decode() for v in vs] for k, vs in request.arguments.items()},
+                    "context_ip": request.connection.context.remote_ip,
+                    "context_protocol": request.connection.context.protocol,
+                    "request_time": request.request_time(), "full_url": request.full_url()})
+
+
+class EchoWebSocket(tornado.websocket.WebSocketHandler):
+    """Sends every message back."""
+
+    def on_message(self, message):
+        """Echo, or close when asked."""
+        if message == "close-me":
+            self.close(4000, "asked")
+            return
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+TEST_ROUTES = [
+    (r"/engine-test/streamed", StreamedHandler),
+    (r"/engine-test/upload", UploadHandler),
+    (r"/engine-test/slow", SlowHandler),
+    (r"/engine-test/context", ContextHandler),
+    (r"/engine-test/gate", GateHandler),
+    (r"/engine-test/ws", EchoWebSocket),
+]
 
 
 # --- the server as a subprocess, exactly as a user starts it ---

@@ -5,8 +5,8 @@ import urllib.parse
 
 import pytest
 
-from helpers import json_of, raw_http
 from handlers.base import ApiHandler
+from helpers import json_of, raw_http
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -119,7 +119,8 @@ async def test_body_over_the_limit_is_413_json_and_nothing_is_read(api, http_por
     assert response.code == 413
     assert json_of(response)["error"]["status"] == 413
     # the answer comes from the head alone: a client that announces a huge body gets it at once
-    raw = await raw_http(http_port, b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    raw = await raw_http(http_port, b"POST /api/echo HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Type: application/json\r\n"
                                     b"Content-Length: 999999999\r\n\r\n{")
     assert raw.startswith(b"HTTP/1.1 413 ")
     assert b'"status": 413' in raw

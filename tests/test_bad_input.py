@@ -18,9 +18,9 @@ import urllib.parse
 import pytest
 import tornado.websocket
 
-from helpers import json_of
 from handlers.base import WebSocketHandler
 from handlers.openapi import routes_of
+from helpers import json_of
 
 pytestmark = [pytest.mark.gen_test(timeout=60), pytest.mark.hardening]
 
@@ -237,7 +237,7 @@ async def read_or_time_out(conn):
     """The next message, or None when nothing comes in half a second (the socket is quiet)."""
     try:
         return await asyncio.wait_for(conn.read_message(), 0.5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "quiet"
 
 

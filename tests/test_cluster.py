@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import tornado.websocket
 
-from helpers import PROJECT_ROOT, BenchRun, LiveServer, nginx_binary, require
 from bench.ports import free_port, wait_port
+from helpers import PROJECT_ROOT, BenchRun, LiveServer, nginx_binary, require
 
 NGINX_CONF = PROJECT_ROOT / "docs" / "deploy" / "nginx.conf"
 
@@ -142,7 +142,8 @@ def test_live_page_through_nginx_sees_messages_from_any_instance(cluster):
         received = []
         for index, instance in enumerate(cluster.instances):
             await asyncio.get_running_loop().run_in_executor(
-                None, call, instance.url + "/api/messages", "POST", {"name": f"i{index}", "text": f"via {index}"})
+                None, call, instance.url + "/api/messages", "POST",
+                {"name": f"i{index}", "text": f"via {index}"})
             event = json.loads(await asyncio.wait_for(conn.read_message(), 1.0))
             received.append(event["message"]["text"])
         conn.close()

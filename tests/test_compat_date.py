@@ -48,7 +48,7 @@ def test_the_cached_formatting_returns_tornados_string_for_every_argument():
     now = time.time()
     values = [now, now, int(now), 0.0, 1.5, 86399.9999995, 86399.9999999, 86400.0, 86399.0,
               1_700_000_000.999999, 1_700_000_000.9999996, 1_700_000_001.0,
-              datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
               time.gmtime(now), (2020, 1, 2, 3, 4, 5, 0, 0, 0)]
     for value in values + values[::-1]:
         assert httputil.format_timestamp(value) == compat._format_timestamp(value), value

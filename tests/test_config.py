@@ -21,7 +21,8 @@ def test_environment_then_command_line():
     assert s.port == 9001 and s.debug is False
 
 
-@pytest.mark.parametrize("text, value", [("65536", 65536), ("64K", 65536), ("1MiB", 1 << 20), ("2g", 2 << 30)])
+@pytest.mark.parametrize("text, value",
+                         [("65536", 65536), ("64K", 65536), ("1MiB", 1 << 20), ("2g", 2 << 30)])
 def test_sizes(text, value):
     assert parse_size(text) == value
 

@@ -1,8 +1,8 @@
 """The live dashboard in headless Chromium while `python -m bench` loads the server."""
 import signal
 import subprocess
-import time
 import sys
+import time
 
 import pytest
 

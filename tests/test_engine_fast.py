@@ -8,10 +8,10 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
+from helpers import RawClient, get, wait_for_no_connections
 from server.engine import FastHTTPServer
 from server.engine.connection import MAX_PIPELINED
 from server.engine.listeners import listen_backlog
-from test_engine import RawClient, connect, get, port, wait_for_no_connections  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import time
-
 from dataclasses import dataclass
 
 import pytest
@@ -219,15 +218,16 @@ async def test_postgres_stop_start_is_503_then_recovers_without_leaks(live_serve
     after_counts = await counts_settled(pid, port, before)
 
     statuses = [status_of(a) for _, a in answers]
-    bad = [(path, s) for (path, a), s in zip(answers, statuses) if s not in (200, 201, 503)]
+    bad = [(path, s) for (path, a), s in zip(answers, statuses, strict=True) if s not in (200, 201, 503)]
     refused = [(path, a) for path, a in answers if status_of(a) == 503]
     api_errors = [a.json()["error"] for path, a in refused if path.startswith("/api/")]
     reliability.figure(
-        f"{len(answers):,} requests across a {outage_s:.1f} s outage: {statuses.count(200) + statuses.count(201):,} "
-        f"× 200/201, {len(refused):,} × 503, {len(bad)} other; writes again {recovery_s:.1f} s after "
-        f"the restart, then {after_ok}/{len(after)} OK; fds {before.fds} → {fds_during} during → "
-        f"{after_counts.fds}; PostgreSQL connections {pg_before} → {pg_after}; HTTP connections "
-        f"{before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
+        f"{len(answers):,} requests across a {outage_s:.1f} s outage: "
+        f"{statuses.count(200) + statuses.count(201):,} × 200/201, {len(refused):,} × 503, {len(bad)} other; "
+        f"writes again {recovery_s:.1f} s after the restart, then {after_ok}/{len(after)} OK; "
+        f"fds {before.fds} → {fds_during} during → {after_counts.fds}; "
+        f"PostgreSQL connections {pg_before} → {pg_after}; "
+        f"HTTP connections {before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
     assert not bad, f"not 200/201/503 around the outage: {bad[:10]}"
     assert len(refused) > 20 and api_errors
     assert all(e["status"] == 503 and "database is unavailable" in e["message"] for e in api_errors)
@@ -469,7 +469,8 @@ async def test_hanging_and_resetting_upstream_of_fetch_without_leaks(live_server
         f"{sorted(reset_errors)}; {faulty.hung_closed_by_peer}/{fds_during_peak} hung upstream "
         f"sockets closed by the server; then {after_ok}/{len(after)} OK; fds {before.fds} → "
         f"{after_counts.fds}; HTTP connections {before.conns[0]:.0f} → {after_counts.conns[0]:.0f}")
-    reliability.figure(f"10 fetches of only the hanging upstream: {sorted({status_of(a) for a in only_hang})}; "
+    reliability.figure(f"10 fetches of only the hanging upstream: "
+                       f"{sorted({status_of(a) for a in only_hang})}; "
                        f"10 of only the resetting one: {sorted({status_of(a) for a in only_reset})}")
     assert statuses == [200] * len(bad_calls)
     assert [a.status for a in only_hang] == [504] * 10

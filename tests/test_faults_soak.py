@@ -168,7 +168,7 @@ async def test_sigkill_during_1000_concurrent_posts_keeps_every_201(live_server_
         try:
             answer = await http_call(server.port, "POST", "/api/messages",
                                      {"name": f"k{i}", "text": text}, timeout=60)
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionError):
             return  # cut off by the kill: no promise was made
         if answer.status == 201:  # a promise: this message is stored (some arrive just after the kill)
             created[answer.json()["id"]] = text
@@ -313,7 +313,7 @@ async def test_memory_soak_of_mixed_load(live_server_factory, upstream, tmp_path
                                          {"urls": [upstream + "/page", upstream + "/plain"]})
                 results = answer.json()["results"] if answer.status == 200 else []
                 ok = len(results) == 2 and all(r["ok"] for r in results)
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 ok = False
             counts["fetch_ok" if ok else "fetch_failed"] += 1
             await asyncio.sleep(0.1)
@@ -322,7 +322,7 @@ async def test_memory_soak_of_mixed_load(live_server_factory, upstream, tmp_path
         while not stop.is_set():
             try:
                 ok = (await http_call(port, "GET", "/guestbook")).status == 200
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 ok = False
             counts["page_reads" if ok else "page_failed"] += 1
             await asyncio.sleep(0.2)

@@ -15,7 +15,8 @@ async def fetch(api, urls, method="GET"):
 
 
 async def test_fetch_reports_status_size_headers_and_title(api, upstream):
-    [page, plain, missing] = await fetch(api, [upstream + "/page", upstream + "/plain", upstream + "/missing"])
+    [page, plain, missing] = await fetch(api, [upstream + "/page", upstream + "/plain",
+                                               upstream + "/missing"])
     assert page["ok"] and page["status"] == 200 and page["reason"] == "OK"
     assert page["title"] == "Upstream & Co"
     assert page["size"] > 100

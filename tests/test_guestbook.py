@@ -1,7 +1,7 @@
 """The guestbook API and service through a real server, on SQLite + memory cache and on real
 PostgreSQL + Redis (started by the tests from Debian's packages)."""
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ async def test_post_then_read_it_back(api):
     assert response.headers["Location"] == f"/api/messages/{created['id']}"
     assert created["name"] == "Ada" and created["text"] == "First!\nSecond line"
     stamp = datetime.fromisoformat(created["created_at"].replace("Z", "+00:00"))
-    assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 30
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 30
     fetched = await api.get(response.headers["Location"])
     assert json_of(fetched) == created
     page = json_of(await api.get("/api/messages"))
@@ -103,7 +103,7 @@ async def test_first_page_is_served_from_cache_and_no_write_leaves_it_stale(api,
     db = http_server.services.db
     async with db.transaction() as conn:
         await conn.execute(messages.insert().values(name="Sneaky", text="direct", client_hash="x",
-                                                    created_at=datetime.now(timezone.utc)))
+                                                    created_at=datetime.now(UTC)))
     cached = json_of(await api.get("/api/messages"))
     assert all(m["name"] != "Sneaky" for m in cached["messages"])
     uncached = json_of(await api.get("/api/messages?before=999999999"))

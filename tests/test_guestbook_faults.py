@@ -135,7 +135,7 @@ async def test_redis_outage_answers_from_the_database_and_recovers(api, base_url
         await api.post("/api/messages", {"name": "C", "text": "after redis is back"})
         try:
             event = json.loads(await asyncio.wait_for(conn.read_message(), 1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
     assert event is not None and event["message"]["text"] == "after redis is back"
     conn.close()

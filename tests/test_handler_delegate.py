@@ -127,7 +127,8 @@ async def serve_plain(app: tornado.web.Application, engine: str):
 
 async def test_a_plain_tornado_application_starts_its_handlers_in_tasks_too(engine):
     # compat.start_handlers_directly: a tornado.web.Application (not routing.Application) on
-    # the fast engine (and Tornado's own delegate on the tornado engine); its handlers run in Tasks that are let go once done
+    # the fast engine (and Tornado's own delegate on the tornado engine); its handlers run in Tasks
+    # that are let go once done
     server, base = await serve_plain(tornado.web.Application(ROUTES), engine)
     before = set(compat._RUNNING)
     try:

@@ -395,7 +395,7 @@ async def exchange(port, data, timeout=CASE_TIMEOUT, settle=0.0):
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), timeout)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass  # the server refused and closed while we were still sending: fine
         deadline = started + timeout
         settle_after, settle = settle, None  # after a complete response, wait for a second one
@@ -406,7 +406,7 @@ async def exchange(port, data, timeout=CASE_TIMEOUT, settle=0.0):
                 break
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), limit - now)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             except ConnectionError:
                 closed = True

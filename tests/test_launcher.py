@@ -77,7 +77,8 @@ def test_port_in_use_exits_2():
         port = taken.getsockname()[1]
         result = run_server("--port", str(port), "--address", "127.0.0.1")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"python -m server: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert result.stderr.strip() == (f"python -m server: error: cannot listen on 127.0.0.1:{port}: "
+                                     "address already in use")
 
 
 def test_environment_settings_and_command_line_precedence(live_server_factory):

@@ -211,7 +211,8 @@ async def test_request_ids(api):
 @pytest.mark.server_settings(post_rate=(1, 60.0), trusted_proxies=("127.0.0.0/8",))
 @gen_test
 async def test_forwarded_client_address_from_a_trusted_proxy(api):
-    first = await api.post("/api/messages", {"name": "A", "text": "1"}, headers={"X-Forwarded-For": "203.0.113.7"})
+    first = await api.post("/api/messages", {"name": "A", "text": "1"},
+                           headers={"X-Forwarded-For": "203.0.113.7"})
     other = await api.post("/api/messages", {"name": "B", "text": "2"},
                            headers={"X-Forwarded-For": "198.51.100.9, 127.0.0.1"})
     again = await api.post("/api/messages", {"name": "A", "text": "3"}, headers={"X-Real-IP": "203.0.113.7"})
@@ -221,8 +222,10 @@ async def test_forwarded_client_address_from_a_trusted_proxy(api):
 @pytest.mark.server_settings(post_rate=(1, 60.0))
 @gen_test
 async def test_forwarded_headers_from_untrusted_peers_are_ignored(api):
-    first = await api.post("/api/messages", {"name": "A", "text": "1"}, headers={"X-Forwarded-For": "203.0.113.7"})
-    spoofed = await api.post("/api/messages", {"name": "B", "text": "2"}, headers={"X-Forwarded-For": "198.51.100.9"})
+    first = await api.post("/api/messages", {"name": "A", "text": "1"},
+                           headers={"X-Forwarded-For": "203.0.113.7"})
+    spoofed = await api.post("/api/messages", {"name": "B", "text": "2"},
+                             headers={"X-Forwarded-For": "198.51.100.9"})
     assert (first.code, spoofed.code) == (201, 429)
 
 
@@ -278,7 +281,8 @@ def test_combined_access_log_format(live_server_factory):
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     line = next(line for line in server.stderr.splitlines() if "trace-combined" in line)
-    match = re.fullmatch(r'(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)" ([\d.]+) (\S+)', line)
+    match = re.fullmatch(r'(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) '
+                         r'"([^"]*)" "([^"]*)" ([\d.]+) (\S+)', line)
     assert match, line
     client, stamp, request_line, status, size, referer, agent, seconds, request_id = match.groups()
     assert client == "127.0.0.1" and request_line == "GET /api/hello/combined HTTP/1.1"

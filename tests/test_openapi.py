@@ -15,9 +15,9 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from helpers import get_json, json_of, raw_http
 from handlers import openapi, schemas
 from handlers.base import ApiHandler
+from helpers import get_json, json_of, raw_http
 from server import __version__
 from server.rules import MAX_WHOLE_NUMBER
 

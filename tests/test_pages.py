@@ -77,7 +77,8 @@ async def test_tornado_message_with_a_percent_sign_is_shown_as_sent_on_the_page(
 
 
 async def test_post_to_a_page_is_405_not_a_traceback(api):
-    response = await api.post("/hello", b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = await api.post("/hello", b"name=x",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     # a method the page does not have is a 405 (not the XSRF check's 403), as a styled page
     assert response.code == 405
     assert '<p class="status">' in response.body.decode()
@@ -92,14 +93,15 @@ async def test_static_files_are_versioned_and_cached_long(api):
     assert "max-age=31536000" in response.headers["Cache-Control"]
     assert response.headers["Etag"]
     unversioned = await api.get("/static/css/site.css")
-    assert "Cache-Control" not in unversioned.headers or "31536000" not in unversioned.headers["Cache-Control"]
+    assert "31536000" not in unversioned.headers.get("Cache-Control", "")
     missing = await api.get("/static/nope.css")
     assert missing.code == 404 and '<p class="status">404</p>' in missing.body.decode()
 
 
 async def test_static_traversal_is_refused(http_port):
     for target in (b"/static/../setup.cfg", b"/static/%2e%2e/setup.cfg", b"/static/..%2fsetup.cfg"):
-        raw = await raw_http(http_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = await raw_http(http_port,
+                             b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status = int(raw.split(b" ", 2)[1])
         assert status in (403, 404), (target, raw[:200])
         assert b"[metadata]" not in raw

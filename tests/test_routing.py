@@ -2,9 +2,9 @@
 import pytest
 import tornado.web
 from tornado import httputil
+from tornado.routing import PathMatches, Rule
 
 from server.routing import Application, RouteIndex, literal_first_segment
-from tornado.routing import PathMatches, Rule
 
 PATHS = [
     "/", "/hello", "/hello/Ada", "/hello/", "/hello/a/b", "/api/hello", "/api/hello/x", "/api/hello/",

@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 import tornado.web
 
-from helpers import PROJECT_ROOT, json_of, raw_http, run_server
 from handlers.base import ApiHandler, PageHandler
 from handlers.guestbook import MessageHandler
+from helpers import PROJECT_ROOT, json_of, raw_http, run_server
 
 pytestmark = pytest.mark.hardening
 gen_test = pytest.mark.gen_test(timeout=60)
@@ -276,7 +276,8 @@ def test_the_cookie_secret_file_is_generated_private_and_shared(live_server_fact
     modes = [0o640, 0o604, 0o660, 0o644]
     for mode in modes:
         exposed.chmod(mode)
-        result = run_server("--port", "0", "--data-dir", str(tmp_path / "d3"), "--cookie-secret-file", str(exposed))
+        result = run_server("--port", "0", "--data-dir", str(tmp_path / "d3"),
+                            "--cookie-secret-file", str(exposed))
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "chmod 600" in result.stderr, result.stderr
     short = tmp_path / "short"

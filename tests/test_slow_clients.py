@@ -94,7 +94,7 @@ class Probe:
                 answer = await http_call(self.port, "GET", self.path, timeout=2.0)
                 if answer.status != 200:
                     self.failures.append(f"status {answer.status}")
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 self.failures.append(repr(exc))
             self.latencies.append(time.perf_counter() - started)
             await asyncio.sleep(0.01)
@@ -139,7 +139,7 @@ async def read_until_cut(reader, writer, trickle, interval, limit, started=None)
     while time.monotonic() - started < limit:
         try:
             data = await asyncio.wait_for(reader.read(65536), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not writer.is_closing():
                 writer.write(trickle)
             continue
@@ -370,7 +370,7 @@ async def cap_scenario(port, cap, extra):
             outcome = "served" if data else "closed"
         except (ConnectionResetError, BrokenPipeError):
             outcome = "closed"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "left open"
         finally:
             await close_writer(writer)

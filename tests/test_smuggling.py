@@ -26,9 +26,9 @@ from pathlib import Path
 
 import h11
 import pytest
-from helpers import PROJECT_ROOT, LiveServer, RawClient, nginx_binary, require
 
 from bench.ports import free_port, wait_port
+from helpers import PROJECT_ROOT, LiveServer, RawClient, nginx_binary, require
 
 pytestmark = pytest.mark.hardening
 
@@ -365,7 +365,7 @@ async def test_no_engine_frames_a_request_unlike_h11(framing_server, engine, rel
     started = time.monotonic()
     views = await run_all(framing_server.port)
     problems, same, stricter, lenient, smuggled_answered = [], 0, 0, 0, 0
-    for (name, data), (seen, _, ending) in zip(CASES, views):
+    for (name, data), (seen, _, ending) in zip(CASES, views, strict=True):
         reference, _ = h11_view(data)
         problem = compare(name, reference, seen)
         if ending.startswith("unparsable"):
@@ -501,13 +501,13 @@ async def test_nginx_in_front_passes_no_request_it_did_not_answer(nginx_front, r
     if len(refusals) != len(pages):
         problems.append(f"{len(refusals)} backend refusals, {len(pages)} reached the client: "
                         f"{refusals}")
-    problems += [f"{name}: {ending}" for (name, _), (_, _, ending) in zip(CASES, views)
+    problems += [f"{name}: {ending}" for (name, _), (_, _, ending) in zip(CASES, views, strict=True)
                  if ending.startswith("unparsable")]
     # nginx's framing of each case, for the figure (nginx is its own judge of leniency)
     refused = sum(not seen for seen, _, _ in views)
     # where nginx itself reads more requests than h11 (its own leniency, not the backend's)
     nginx_laxer = sum(len(seen) > len(h11_view(data)[0])
-                      for (_, data), (seen, _, _) in zip(CASES, views))
+                      for (_, data), (seen, _, _) in zip(CASES, views, strict=True))
     smuggled = answered[("GET", "/api/hello/smuggled")]
     refused_what = {f"{line['method']} {line['path']} {line['status']}" for line in refusals}
     # the upstream connections carry no leftover bytes: a plain request is framed as sent

@@ -164,7 +164,7 @@ def test_client_that_never_reads_is_cut(tcp_server):
         while time.monotonic() < deadline:
             try:
                 sock.send(b"a\n" * 4096)
-            except socket.timeout:
+            except TimeoutError:
                 time.sleep(0.1)
             except (BrokenPipeError, ConnectionResetError):
                 closed = True
@@ -178,7 +178,7 @@ def test_garbage_clients_do_not_stop_a_normal_client(tcp_server):
     rng = random.Random(11)
     garbage = []
     try:
-        for i in range(100):
+        for _ in range(100):
             sock = connect(tcp_server)
             # binary bytes with no newline, under the line limit: each client holds a partial line
             sock.sendall(bytes(rng.randrange(11, 256) for _ in range(MAX_LINE // 2)))

@@ -6,9 +6,9 @@ import logging
 import os
 import secrets
 import stat
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator
+from pathlib import Path
 
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
@@ -135,7 +135,7 @@ def _create_secret_file(path: Path) -> None:
             os.unlink(candidate)
 
 
-def _closing(name, close):
+def _closing(name: str, close: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
     """Wrap a close coroutine so the order of closing shows in the debug log."""
     async def run() -> None:
         log.debug("closing %s", name)

@@ -137,7 +137,8 @@ class RedisCache:
             raise CacheError(str(exc)) from None
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call("get", key)
+        value: bytes | None = await self._call("get", key)
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         await self._call("set", key, value, px=int(ttl * 1000) if ttl else None)

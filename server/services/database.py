@@ -6,9 +6,10 @@ import contextlib
 import logging
 import secrets
 import time
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -162,7 +163,7 @@ class Database:
                     continue
                 await conn.run_sync(step)
                 await conn.execute(schema_migrations.insert().values(
-                    version=version, description=description, applied_at=datetime.now(timezone.utc)))
+                    version=version, description=description, applied_at=datetime.now(UTC)))
                 applied_now.append(version)
         if applied_now:
             log.info("database %s: applied migrations %s", self.display_url, applied_now)
@@ -192,8 +193,9 @@ class Database:
     async def secret(self, name: str) -> str:
         """A secret kept in the database (shared by every instance that uses it)."""
         async with self.connect() as conn:
-            return (await conn.execute(sa.select(server_secrets.c.value)
-                                       .where(server_secrets.c.name == name))).scalar_one()
+            value: str = (await conn.execute(sa.select(server_secrets.c.value)
+                                             .where(server_secrets.c.name == name))).scalar_one()
+            return value
 
     async def close(self) -> None:
         """Close every pooled connection."""

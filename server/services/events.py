@@ -5,7 +5,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .cache import redis_client
 

@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,14 +45,14 @@ class Message:
     def to_json(self) -> dict[str, Any]:
         """The public form of a message (the client hash is never shown)."""
         return {"id": self.id, "name": self.name, "text": self.text,
-                "created_at": self.created_at.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+                "created_at": self.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z")}
 
     @classmethod
-    def from_row(cls, row: Any) -> "Message":
+    def from_row(cls, row: Any) -> Message:
         created = row.created_at
         if created.tzinfo is None:  # SQLite stores naive UTC
-            created = created.replace(tzinfo=timezone.utc)
+            created = created.replace(tzinfo=UTC)
         return cls(id=row.id, name=row.name, text=row.text, created_at=created)
 
 
@@ -263,7 +263,7 @@ class GuestbookService:
         name, text = self.clean(name, text)
         client = self.client_hash(client_address)
         await self.limiter.check(self.client_hash(rate_limit_unit(client_address)))
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         async with self.db.transaction() as conn:
             result = await conn.execute(messages.insert().values(
                 name=name, text=text, created_at=created, client_hash=client).returning(messages.c.id))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import http.client
 import ipaddress
 import re
 import socket
@@ -75,8 +76,8 @@ class GuardedResolver(Resolver):
     actually used (no DNS-rebinding gap between checking and connecting), redirects included.
     """
 
-    def initialize(self, allow: frozenset[str]) -> None:  # type: ignore[override]
-        self._inner = DefaultLoopResolver()
+    def initialize(self, allow: frozenset[str]) -> None:
+        self._inner: Resolver = DefaultLoopResolver()  # Configurable.__new__ is typed as Any
         self._allow = allow
 
     async def resolve(self, host: str, port: int,
@@ -192,7 +193,7 @@ def _check_url(url: Any) -> str | None:
     if not parts.hostname:
         return "the URL has no host"
     try:
-        parts.port
+        _ = parts.port  # read for its check: urlsplit parses the port only when asked, raising ValueError
     except ValueError:
         return "the URL has an invalid port"
     return None
@@ -314,10 +315,11 @@ class OutboundService:
         ok = 200 <= response.code < 400
         return FetchResult(
             url=url, ok=ok, kind=FetchKind.OK if ok else FetchKind.HTTP_ERROR, status=response.code,
-            reason=response.reason or httputil.responses.get(response.code, ""),
+            reason=response.reason or http.client.responses.get(response.code, ""),
             time_ms=round(elapsed, 3), size=seen["size"], final_url=response.effective_url,
             headers=headers,
-            title=extract_title(bytes(kept), response.headers.get("Content-Type")) if method == "GET" else None,
+            title=(extract_title(bytes(kept), response.headers.get("Content-Type"))
+                   if method == "GET" else None),
         )
 
     async def close(self) -> None:
