@@ -29,6 +29,7 @@ from .appspec import AppSpec
 from .config import ConfigError, Settings
 from .cluster import ClusterView
 from .engine.limits import fit_file_limit
+from .http1policy import HTTPEngine
 from .httpserver import DrainingHTTPServer
 from .metrics import Metrics
 from .refusals import RefusalHandler
@@ -90,24 +91,25 @@ def _expect_pem(path: Path, flag: str, markers: tuple[bytes, ...], what: str) ->
 
 
 def make_http_server(app: object, settings: Settings, ssl_context: ssl.SSLContext | None = None,
-                     refusals: RefusalHandler | None = None) -> DrainingHTTPServer:
+                     refusals: RefusalHandler | None = None) -> HTTPEngine:
     """The HTTP/1.1 server of the chosen engine, with the settings' timeouts, limits and TLS.
 
     ``refusals`` renders and records the requests the server refuses itself (default: a plain
     page, not recorded).
     """
-    options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
-                   max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
-                   decompress_request=False, header_timeout=settings.header_timeout,
-                   send_timeout=settings.send_timeout,
-                   max_connections=fit_file_limit(settings.max_connections), refusals=refusals)
+    options: dict[str, Any] = dict(
+        idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
+        max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
+        decompress_request=False, header_timeout=settings.header_timeout,
+        send_timeout=settings.send_timeout,
+        max_connections=fit_file_limit(settings.max_connections), refusals=refusals)
     if ssl_context is None:
         ssl_context = make_ssl_context(settings)
     if ssl_context is not None:
         options["ssl_options"] = ssl_context
     if settings.engine == "fast":
         from .engine import FastHTTPServer
-        return FastHTTPServer(app, **options)  # type: ignore[return-value]
+        return FastHTTPServer(app, **options)
     return DrainingHTTPServer(app, **options)
 
 
@@ -148,7 +150,7 @@ class ServerRuntime:
         self.cluster_dir = cluster_dir  # where the supervisor's workers share their metrics
         self.app_spec = app_spec  # --app: the user's application instead of this project's
         self.state = ServerState()
-        self.http: DrainingHTTPServer | None = None
+        self.http: HTTPEngine | None = None
         self.tcp: GreetingTCPServer | None = None
         self.services: Services | None = None
         self.app: Any = None
