@@ -26,7 +26,7 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
 
     __slots__ = ("server", "server_conn", "request_conn", "inner")
 
-    def __init__(self, server: "DrainingHTTPServer", server_conn: HTTP1ServerConnection,
+    def __init__(self, server: DrainingHTTPServer, server_conn: HTTP1ServerConnection,
                  request_conn: HTTP1Connection, inner: httputil.HTTPMessageDelegate) -> None:
         self.server = server
         self.server_conn = server_conn
@@ -241,7 +241,7 @@ class DrainingHTTPServer(HTTPServer):
             await stream.write(response)
             stream.socket.shutdown(socket.SHUT_WR)
             await http1policy.discard_input(read)
-        except (iostream.StreamClosedError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, iostream.StreamClosedError, OSError):
             pass
         finally:
             stream.close()

@@ -132,7 +132,7 @@ class FakeInput:
         self.timeouts.append(timeout)
         if self.reads is not None:
             if self.reads == 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             self.reads -= 1
         return b"x" * self.size
 

@@ -544,7 +544,7 @@ class Connection(asyncio.Protocol):
         ex.stage = BODY
         server.busy.add(self)
         if server.xheaders:
-            ex.proxy = ProxyContext(self, ex.headers, server.trusted_downstream)
+            ex.proxy = ProxyContext(self, ex.headers, server.trusted_hosts)
         if server.no_keep_alive:
             ex.keep_alive = False
         try:

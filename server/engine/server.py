@@ -5,9 +5,9 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable, Iterable
 from time import monotonic
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
@@ -18,12 +18,15 @@ from .. import compat, http1policy
 from ..http1policy import Deadlines
 from ..refusals import Refusal, RefusalHandler
 from .connection import Connection, Exchange
-from .parsing import ParserSink
 from .delegates import CallableDelegate, GzipDelegate
 from .limits import ConnectionCap, RateLimitedLog, reset_on_close, sweep_period
 from .listeners import Listeners
+from .parsing import ParserSink
 
 log = logging.getLogger("server.http")
+
+# start_request(server_conn, request_conn): the message delegate for one request
+StartRequest = Callable[[object, httputil.HTTPConnection], httputil.HTTPMessageDelegate]
 
 class EarlyInput(asyncio.Protocol):
     """The protocol of a TLS connection from its handshake until its Connection takes over.
@@ -55,22 +58,23 @@ class TLSHandshake(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "hello")
 
-    def __init__(self, server: "FastHTTPServer") -> None:
+    def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.hello: bytearray | None = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
+        stream = cast(asyncio.Transport, transport)  # a stream server's connections are streams
         if server.cap.full(len(server._connections) + len(server._handshakes)):
             server.cap.refuse()
-            transport.abort()
+            stream.abort()
             return
-        self.transport = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]
+        self.transport = stream
+        stream.pause_reading()
         loop = server.loop
         assert loop is not None
-        task = loop.create_task(server.handshake(transport, transport.get_extra_info("peername")))  # type: ignore[arg-type]
+        task = loop.create_task(server.handshake(stream, stream.get_extra_info("peername")))
         server._handshakes.add(task)
         task.add_done_callback(server._handshakes.discard)
         # the task's first step runs start_tls, which schedules its protocol's connection_made;
@@ -91,15 +95,16 @@ class TLSHandshake(asyncio.Protocol):
         if protocol is self:
             return
         if hasattr(protocol, "buffer_updated"):  # asyncio's and uvloop's SSLProtocol
+            buffered = cast(asyncio.BufferedProtocol, protocol)
             view = memoryview(bytes(hello))
             while view:
-                buffer = protocol.get_buffer(len(view))
+                buffer = memoryview(buffered.get_buffer(len(view)))
                 size = min(len(buffer), len(view))
                 buffer[:size] = view[:size]
-                protocol.buffer_updated(size)
+                buffered.buffer_updated(size)
                 view = view[size:]
         else:
-            protocol.data_received(bytes(hello))
+            cast(asyncio.Protocol, protocol).data_received(bytes(hello))
 
 
 # Tornado's defaults for what HTTPServer(...) leaves unset
@@ -159,9 +164,11 @@ class FastHTTPServer(HTTPServer):
         self.protocol = protocol or ("https" if ssl_options is not None else "http")
         self.no_keep_alive = no_keep_alive
         self.xheaders = xheaders
-        self.trusted_downstream = set(trusted_downstream or ())
+        self.trusted_downstream = trusted_downstream  # as HTTPServer keeps it
+        self.trusted_hosts = set(trusted_downstream or ())  # what xheaders look up, per request
         self.decompress = decompress_request
         self.refusals = refusals or RefusalHandler()
+        self._start: StartRequest
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
             compat.start_handlers_directly(request_callback)
             compat.cache_date_formatting()
@@ -169,12 +176,16 @@ class FastHTTPServer(HTTPServer):
         else:
             self._start = CallableDelegate.starter(request_callback)
         if not decompress_request:
-            self.start_request = self._start  # type: ignore[method-assign]  # skip a call per request
+            # the application's own, skipping a call per request (mypy forbids assigning to a
+            # method; this instance attribute is what Connection calls)
+            self.start_request = self._start  # type: ignore[method-assign]
         self.busy: set[Connection] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         # the already-resolved future every uncongested write returns
         self.done: asyncio.Future[None] | None = None
+        # open HTTP connections, under HTTPServer's name for them (typed there for its
+        # HTTP1ServerConnections; tests read it): this engine's Connections
         self._connections: set[Connection] = set()  # type: ignore[assignment]
         self._detached: set[Connection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -220,7 +231,8 @@ class FastHTTPServer(HTTPServer):
         loop then serves them once it does).
         """
         from tornado.ioloop import IOLoop
-        loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        from tornado.platform.asyncio import BaseAsyncIOLoop
+        loop = cast(BaseAsyncIOLoop, IOLoop.current()).asyncio_loop  # every IOLoop is one
         self._bind(loop)
         self.listeners.add(list(sockets), self._serve, loop)
 
@@ -282,7 +294,7 @@ class FastHTTPServer(HTTPServer):
         self._lifetime = loop.create_task(self._live(self._closed))
         self._schedule_sweep()
 
-    async def _live(self, closed: "asyncio.Future[None]") -> None:
+    async def _live(self, closed: asyncio.Future[None]) -> None:
         """A task that lasts while the server may have sockets open.
 
         A server that is never stopped still must not outlive its event loop with open sockets
@@ -304,11 +316,13 @@ class FastHTTPServer(HTTPServer):
             raise
 
     async def _serve(self, sock: socket.socket, backlog: int) -> asyncio.AbstractServer:
-        factory = self._new_connection if self.ssl_context is None else self._new_tls_connection
-        return await self.loop.create_server(factory, sock=sock, backlog=backlog,  # type: ignore[union-attr]
-                                             start_serving=False)
+        loop = self.loop
+        assert loop is not None  # _bind ran
+        factory: Callable[[], asyncio.Protocol] = (
+            self._new_connection if self.ssl_context is None else self._new_tls_connection)
+        return await loop.create_server(factory, sock=sock, backlog=backlog, start_serving=False)
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self) -> asyncio.Protocol:
         return Connection(self)
 
     def _new_tls_connection(self) -> asyncio.Protocol:
@@ -322,17 +336,19 @@ class FastHTTPServer(HTTPServer):
         finishes its handshake is held no longer than an idle one (at most 60 s).
         """
         early = EarlyInput()
+        loop, context = self.loop, self.ssl_context
+        assert loop is not None and context is not None  # serving TLS
         try:
-            transport = await self.loop.start_tls(  # type: ignore[union-attr]
-                raw, early, self.ssl_context, server_side=True,
+            transport = await loop.start_tls(
+                raw, early, context, server_side=True,
                 ssl_handshake_timeout=min(self.idle_timeout, TLS_HANDSHAKE_TIMEOUT))
-        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
             sock = raw.get_extra_info("socket")
             self.tls_errors.log("SSL Error on %s %s: %s", sock.fileno() if sock else -1, address,
                                 exc or "handshake timed out")
             raw.abort()
             return
-        if early.lost:
+        if early.lost or transport is None:
             return
         conn = Connection(self)
         transport.set_protocol(conn)
@@ -340,9 +356,11 @@ class FastHTTPServer(HTTPServer):
         if early.data:
             conn.data_received(bytes(early.data))  # what arrived before start_tls returned
 
-    def start_request(self, conn: Connection, exchange: Any) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         """A new message delegate of the application for one request (gunzipping if asked)."""
-        return GzipDelegate(self._start(conn, exchange), exchange)
+        exchange = cast(Exchange, request_conn)  # this engine's requests are Exchanges
+        return GzipDelegate(self._start(server_conn, exchange), exchange)
 
     def refuse(self, refusal: Refusal) -> bytes:
         """The complete response for a request the server refuses itself (and log it)."""
@@ -433,7 +451,9 @@ class FastHTTPServer(HTTPServer):
         if self.listeners.stopped and not self._connections:
             self._sweeper = None
             return
-        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+        loop = self.loop
+        assert loop is not None  # _bind ran
+        self._sweeper = loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
         """Act on every timer that ran out (one sweep for them all, every _tick)."""
