@@ -162,8 +162,6 @@ DRAIN_POLL = 0.02  # seconds between looks at what is still open while draining
 class Drainable(Protocol):
     """What drain() needs of an HTTP server: the engines implement it over their connections."""
 
-    draining: bool
-
     @property
     def connection_count(self) -> int:
         """Open HTTP connections."""
@@ -175,6 +173,9 @@ class Drainable(Protocol):
     def stop(self) -> None:
         """Stop accepting new connections."""
 
+    def close_after_responses(self) -> None:
+        """Set draining: every response from now on says Connection: close, then closes."""
+
     def close_idle(self, idle_grace: float, now: float) -> None:
         """Close the keep-alive connections that have waited idle_grace for a next request."""
 
@@ -185,14 +186,15 @@ class Drainable(Protocol):
 async def drain(server: Drainable, timeout: float, idle_grace: float) -> bool:
     """Stop accepting, let requests in flight finish (up to timeout), then close everything.
 
-    While draining every response says ``Connection: close`` (each engine reads
-    ``server.draining``) and its connection closes once it is sent. A keep-alive connection
+    While draining every response says ``Connection: close`` and its connection closes once it
+    is sent, whatever the application does (close_after_responses; responses already under way
+    close after they are sent). A keep-alive connection
     idle for ``idle_grace`` is closed; one that went idle more recently gets the rest of that
     time, so a busy client never sends into a connection we are closing (its request is
     answered, with ``Connection: close``). Returns True when every request finished in time,
     False when some were cut off.
     """
-    server.draining = True
+    server.close_after_responses()
     server.stop()  # with no other holder of the listening sockets, new connections are refused
     end = monotonic() + timeout
     while server.connection_count and monotonic() < end:

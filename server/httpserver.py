@@ -21,6 +21,23 @@ from .refusals import Refusal, RefusalHandler
 log = logging.getLogger("server.http")
 
 
+# Tornado decides per request whether the connection closes after the response (and says so in
+# a Connection: close header) in _disconnect_on_finish, and keeps the response's start line once
+# its head is written; neither has a public accessor. compat's import-time check fails loudly
+# should a Tornado release rename them.
+compat._require(HTTP1Connection.__init__, "_disconnect_on_finish", "_response_start_line")
+
+
+def close_after_response(request_conn: HTTP1Connection) -> None:
+    """Make Tornado close this request's connection after its response, which says so.
+
+    Only for a response not begun: one whose head went out promised keep-alive, and its client
+    may send its next request right after it (that one is answered, closing).
+    """
+    if request_conn._response_start_line is None:
+        request_conn._disconnect_on_finish = True
+
+
 class _TrackedRequest(httputil.HTTPMessageDelegate):
     """Marks its connection busy once a request head arrives; refuses oversized bodies early."""
 
@@ -35,7 +52,9 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         server = self.server
-        server.busy.add(self.server_conn)
+        server.busy[self.server_conn] = self.request_conn
+        if server.draining:
+            close_after_response(self.request_conn)
         timer = server.head_timer
         if timer.due:
             timer.disarm(self.server_conn)  # the head arrived in time
@@ -108,7 +127,8 @@ class DrainingHTTPServer(HTTPServer):
         self.refusals = refusals or RefusalHandler()
         self._stream_classes: dict[type, type] = {}  # IOStream classes answering bad requests
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
-        self.busy: set[HTTP1ServerConnection] = set()
+        # connections with a request in flight -> its HTTP1Connection
+        self.busy: dict[HTTP1ServerConnection, HTTP1Connection] = {}
         self.idle_since: dict[HTTP1ServerConnection, float] = {}
         self.draining = False
         self._lingering: set[asyncio.Task[None]] = set()
@@ -161,7 +181,7 @@ class DrainingHTTPServer(HTTPServer):
         """The delegate of a connection's next request: the connection is idle from now on."""
         # HTTPServer is only ever handed Tornado's HTTP/1 connections (its own handle_stream)
         conn = cast(HTTP1ServerConnection, server_conn)
-        self.busy.discard(conn)
+        self.busy.pop(conn, None)
         if self.header_timeout and conn not in self.idle_since:
             # a new connection: its first head is due header_timeout after accept
             self.head_timer.arm(conn, time.monotonic())
@@ -173,7 +193,7 @@ class DrainingHTTPServer(HTTPServer):
     def on_close(self, server_conn: object) -> None:
         """A connection closed: it is neither busy nor timed any more."""
         conn = cast(HTTP1ServerConnection, server_conn)
-        self.busy.discard(conn)
+        self.busy.pop(conn, None)
         self.idle_since.pop(conn, None)
         self.head_timer.disarm(conn)
         self.send_timer.disarm(conn)
@@ -261,6 +281,17 @@ class DrainingHTTPServer(HTTPServer):
             self._sweeper.cancel()
             self._sweeper = None
         return finished
+
+    def close_after_responses(self) -> None:
+        """Draining: every response from now on says `Connection: close` and then closes.
+
+        Tornado's HTTP1Connection keeps a connection open whatever the response's headers say,
+        so an application that does not close it itself (any but this project's) would keep
+        its keep-alive clients until the shutdown timeout cut their requests off.
+        """
+        self.draining = True
+        for request_conn in self.busy.values():
+            close_after_response(request_conn)  # headers_received marks the ones to come
 
     def close_idle(self, idle_grace: float, now: float) -> None:
         """Close the keep-alive connections idle for idle_grace or longer."""

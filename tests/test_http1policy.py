@@ -187,9 +187,12 @@ class FakeServer:
     def stop(self):
         self.stopped = True
 
+    def close_after_responses(self):
+        self.draining = True
+
     def close_idle(self, idle_grace, now):
         self.graces.append(idle_grace)
-        assert self.draining and self.stopped  # no new connections, every response closes
+        assert self.draining and self.stopped  # every response closes, no new connections
         for conn in list(self.connections):
             if conn.idle_since is None:
                 if conn.polls_to_finish is not None:

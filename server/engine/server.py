@@ -254,6 +254,10 @@ class FastHTTPServer(HTTPServer):
         """
         return await http1policy.drain(self, timeout, idle_grace)
 
+    def close_after_responses(self) -> None:
+        """Draining: every response from now on says `Connection: close` and then closes."""
+        self.draining = True  # what Exchange.write_headers and Connection.response_done read
+
     def close_idle(self, idle_grace: float, now: float) -> None:
         """Close the connections that have waited idle_grace or longer for a request head."""
         for conn in self.idle_timer.armed_by(now - idle_grace):
