@@ -5,21 +5,37 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.log import gen_log
 
-from . import compat, rules
+from . import compat, http1policy, rules
 from .engine.limits import ConnectionCap, reset_on_close, sweep_period
+from .http1policy import Deadlines
 from .refusals import Refusal, RefusalHandler
 
 log = logging.getLogger("server.http")
 
-LINGER_SECONDS = 2.0          # how long a rejected upload may keep sending before we close
-LINGER_MAX_BYTES = 4 * 1024**2  # and how much of it we read and discard
+
+# Tornado decides per request whether the connection closes after the response (and says so in
+# a Connection: close header) in _disconnect_on_finish, and keeps the response's start line once
+# its head is written; neither has a public accessor. compat's import-time check fails loudly
+# should a Tornado release rename them.
+compat._require(HTTP1Connection.__init__, "_disconnect_on_finish", "_response_start_line")
+
+
+def close_after_response(request_conn: HTTP1Connection) -> None:
+    """Make Tornado close this request's connection after its response, which says so.
+
+    Only for a response not begun: one whose head went out promised keep-alive, and its client
+    may send its next request right after it (that one is answered, closing).
+    """
+    if request_conn._response_start_line is None:
+        request_conn._disconnect_on_finish = True
 
 
 class _TrackedRequest(httputil.HTTPMessageDelegate):
@@ -27,7 +43,7 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
 
     __slots__ = ("server", "server_conn", "request_conn", "inner")
 
-    def __init__(self, server: "DrainingHTTPServer", server_conn: HTTP1ServerConnection,
+    def __init__(self, server: DrainingHTTPServer, server_conn: HTTP1ServerConnection,
                  request_conn: HTTP1Connection, inner: httputil.HTTPMessageDelegate) -> None:
         self.server = server
         self.server_conn = server_conn
@@ -36,9 +52,12 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         server = self.server
-        server.busy.add(self.server_conn)
-        if server.head_deadline:
-            server.head_deadline.pop(self.server_conn, None)  # the head arrived in time
+        server.busy[self.server_conn] = self.request_conn
+        if server.draining:
+            close_after_response(self.request_conn)
+        timer = server.head_timer
+        if timer.due:
+            timer.disarm(self.server_conn)  # the head arrived in time
         try:
             length = rules.request_content_length(headers.get_list("Content-Length"))
             rules.request_transfer_encoding(headers.get_list("Transfer-Encoding"),
@@ -71,9 +90,9 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
     def refuse_if_too_large(self, length: int, start_line: Any,
                             headers: httputil.HTTPHeaders) -> None:
         """413 from the head unless this request's own limit (set_max_body_size) admits it."""
-        limit = compat.http1_max_body_size(self.request_conn)
-        if length > limit:
-            self.refuse(start_line, headers, rules.too_large(length, limit))
+        violation = http1policy.refusal_from_head(length, compat.http1_max_body_size(self.request_conn))
+        if violation is not None:
+            self.refuse(start_line, headers, violation)
             self.inner.on_connection_close()  # it saw the head; it will see no body
 
     def refuse(self, start_line: Any, headers: httputil.HTTPHeaders,
@@ -101,14 +120,15 @@ class DrainingHTTPServer(HTTPServer):
     connections at once, closes busy ones as soon as their response is out, and waits.
     """
 
-    def initialize(self, *args: Any, header_timeout: float | None = None,  # type: ignore[override]
+    def initialize(self, *args: Any, header_timeout: float | None = None,
                    send_timeout: float | None = None, max_connections: int | None = None,
                    refusals: RefusalHandler | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.refusals = refusals or RefusalHandler()
         self._stream_classes: dict[type, type] = {}  # IOStream classes answering bad requests
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
-        self.busy: set[HTTP1ServerConnection] = set()
+        # connections with a request in flight -> its HTTP1Connection
+        self.busy: dict[HTTP1ServerConnection, HTTP1Connection] = {}
         self.idle_since: dict[HTTP1ServerConnection, float] = {}
         self.draining = False
         self._lingering: set[asyncio.Task[None]] = set()
@@ -119,8 +139,10 @@ class DrainingHTTPServer(HTTPServer):
         self.header_timeout = header_timeout or None
         self.send_timeout = send_timeout or None
         self.cap = ConnectionCap(max_connections)
-        self.head_deadline: dict[HTTP1ServerConnection, float] = {}
-        self.send_progress: dict[HTTP1ServerConnection, tuple[int, float]] = {}
+        self.head_timer: Deadlines[HTTP1ServerConnection] = Deadlines(self.header_timeout)
+        # marked with the bytes written: more of them is progress
+        self.send_timer: Deadlines[HTTP1ServerConnection] = Deadlines(self.send_timeout,
+                                                                      ordered=False)
         self._tick = sweep_period(self.header_timeout, self.send_timeout)
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -134,7 +156,7 @@ class DrainingHTTPServer(HTTPServer):
         """Connections closed right after accept because --max-connections were open."""
         return self.cap.refused
 
-    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
         """Serve a new connection, or close it at once when --max-connections are open."""
         if self.cap.full(len(compat.open_connections(self))):
             self.cap.refuse()
@@ -156,62 +178,60 @@ class DrainingHTTPServer(HTTPServer):
         return self.refusals.respond(Refusal(status, detail, remote_ip=remote_ip))
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
-        # called when a connection is ready for its next request: it is idle from now on
-        self.busy.discard(server_conn)  # type: ignore[arg-type]
-        if self.header_timeout and server_conn not in self.idle_since:
+        """The delegate of a connection's next request: the connection is idle from now on."""
+        # HTTPServer is only ever handed Tornado's HTTP/1 connections (its own handle_stream)
+        conn = cast(HTTP1ServerConnection, server_conn)
+        self.busy.pop(conn, None)
+        if self.header_timeout and conn not in self.idle_since:
             # a new connection: its first head is due header_timeout after accept
-            self.head_deadline[server_conn] = time.monotonic() + self.header_timeout  # type: ignore[index]
-        self.idle_since[server_conn] = time.monotonic()  # type: ignore[index]
+            self.head_timer.arm(conn, time.monotonic())
+        self.idle_since[conn] = time.monotonic()
         compat.validate_response_framing(request_conn)
         inner = super().start_request(server_conn, request_conn)
-        return _TrackedRequest(self, server_conn, request_conn, inner)  # type: ignore[arg-type]
+        return _TrackedRequest(self, conn, cast(HTTP1Connection, request_conn), inner)
 
     def on_close(self, server_conn: object) -> None:
-        self.busy.discard(server_conn)  # type: ignore[arg-type]
-        self.idle_since.pop(server_conn, None)  # type: ignore[call-overload]
-        self.head_deadline.pop(server_conn, None)  # type: ignore[call-overload]
-        self.send_progress.pop(server_conn, None)  # type: ignore[call-overload]
+        """A connection closed: it is neither busy nor timed any more."""
+        conn = cast(HTTP1ServerConnection, server_conn)
+        self.busy.pop(conn, None)
+        self.idle_since.pop(conn, None)
+        self.head_timer.disarm(conn)
+        self.send_timer.disarm(conn)
         super().on_close(server_conn)
 
     def _sweep(self) -> None:
         """Close connections whose head is late (header_timeout) or whose output is stuck (send_timeout)."""
         self._sweeper = None
         now = time.monotonic()
-        late: list[HTTP1ServerConnection] = []
+        late: list[tuple[HTTP1ServerConnection, int | None]] = []
         if self.header_timeout:
-            deadlines, busy = self.head_deadline, self.busy
+            timer, busy = self.head_timer, self.busy
             for conn in compat.open_connections(self):
-                if conn in busy:
-                    continue
-                deadline = deadlines.get(conn)
-                if deadline is None:
-                    # bytes buffered while waiting for a head: a head has begun, its timer starts
-                    if compat.buffered_read_bytes(conn.stream):
-                        deadlines[conn] = now + self.header_timeout
-                elif deadline <= now:
-                    late.append(conn)
-        stuck: list[HTTP1ServerConnection] = []
+                # bytes buffered while waiting for a head: a head has begun, its timer starts
+                if (conn not in busy and conn not in timer
+                        and compat.buffered_read_bytes(conn.stream)):
+                    timer.arm(conn, now)
+            late = timer.expired(now)
+        stuck: list[tuple[HTTP1ServerConnection, int | None]] = []
         if self.send_timeout:
             # a response being written keeps its connection busy until it is out
-            progress = self.send_progress
+            sending = self.send_timer
+            for conn in [conn for conn in sending.due if conn not in self.busy]:
+                sending.disarm(conn)  # its response is out
             for conn in self.busy:
                 stream = conn.stream
                 if not stream.writing():
-                    progress.pop(conn, None)
-                    continue
-                sent = compat.bytes_written(stream)
-                seen = progress.get(conn)
-                if seen is None or seen[0] != sent:
-                    progress[conn] = (sent, now + self.send_timeout)
-                elif seen[1] <= now:
-                    stuck.append(conn)
-        for conn in late:
+                    sending.disarm(conn)
+                elif conn in sending:
+                    sending.progress(conn, compat.bytes_written(stream), now)
+                else:
+                    sending.arm(conn, now, compat.bytes_written(stream))
+            stuck = sending.expired(now)
+        for conn, _ in late:
             log.debug("request head not complete within %gs: closing", self.header_timeout)
-            self.head_deadline.pop(conn, None)
             conn.stream.close()
-        for conn in stuck:
+        for conn, _ in stuck:
             log.debug("response made no progress for %gs: closing", self.send_timeout)
-            self.send_progress.pop(conn, None)
             reset_on_close(conn.stream.socket)
             conn.stream.close()
         if compat.open_connections(self):
@@ -220,10 +240,11 @@ class DrainingHTTPServer(HTTPServer):
     def reject(self, request_conn: HTTP1Connection, start_line: Any,
                headers: httputil.HTTPHeaders, violation: rules.Violation) -> None:
         """Answer an error before reading the body, then close without resetting the client."""
-        context = request_conn.context  # type: ignore[attr-defined]
+        # the context is HTTPServer's _HTTPRequestContext (typed object by HTTP1Connection)
+        remote_ip = getattr(request_conn.context, "remote_ip", "-")
         stream = request_conn.detach()
         refusal = Refusal(violation.status, violation.detail, start_line.method, start_line.path,
-                          start_line.version, headers, context.remote_ip)
+                          start_line.version, headers, remote_ip)
         task = asyncio.ensure_future(self._write_and_linger(stream, self.refusals.respond(refusal)))
         self._lingering.add(task)
         task.add_done_callback(self._lingering.discard)
@@ -231,19 +252,16 @@ class DrainingHTTPServer(HTTPServer):
     @staticmethod
     async def _write_and_linger(stream: iostream.IOStream, response: bytes) -> None:
         # Closing a socket with unread input makes the kernel send RST, and the client may then
-        # lose our answer; like nginx's lingering_close, stop writing and drain input briefly.
+        # lose our answer: stop writing and drain input briefly (http1policy's lingering close).
+        def read(timeout: float) -> Awaitable[bytes]:
+            return asyncio.wait_for(stream.read_bytes(http1policy.LINGER_READ_SIZE, partial=True),
+                                    timeout)
+
         try:
             await stream.write(response)
             stream.socket.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_SECONDS
-            discarded = 0
-            while discarded < LINGER_MAX_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                chunk = await asyncio.wait_for(stream.read_bytes(65536, partial=True), remaining)
-                discarded += len(chunk)
-        except (iostream.StreamClosedError, asyncio.TimeoutError, OSError):
+            await http1policy.discard_input(read)
+        except (TimeoutError, iostream.StreamClosedError, OSError):
             pass
         finally:
             stream.close()
@@ -251,27 +269,32 @@ class DrainingHTTPServer(HTTPServer):
     async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
         """Stop accepting, let requests in flight finish (up to timeout), then close everything.
 
-        While draining every response says `Connection: close`. A keep-alive connection that has
-        been idle for `idle_grace` is closed; one that just finished a response gets that long
-        for the client's next request (answered, with `Connection: close`) so a busy client
-        never sends into a connection we are closing. Returns False if requests were cut off.
+        The procedure is http1policy.drain's: while draining every response says
+        `Connection: close`; a keep-alive connection idle for `idle_grace` is closed, one that
+        just finished a response gets that long for the client's next request (answered, with
+        `Connection: close`). Returns False if requests were cut off.
         """
-        self.draining = True
-        self.stop()  # stop accepting: with no other holder of the socket, new connections are refused
-        deadline = time.monotonic() + timeout
-        while compat.open_connections(self) and time.monotonic() < deadline:
-            now = time.monotonic()
-            for conn in list(compat.open_connections(self)):
-                if conn not in self.busy and now - self.idle_since.get(conn, 0.0) >= idle_grace:
-                    conn.stream.close()
-            await asyncio.sleep(0.02)
-        finished = not self.busy
-        if not finished:
-            log.warning("shutdown timeout: cutting off %d request(s) still in flight", len(self.busy))
-        await self.close_all_connections()
+        finished = await http1policy.drain(self, timeout, idle_grace)
         for task in list(self._lingering):
             task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         return finished
+
+    def close_after_responses(self) -> None:
+        """Draining: every response from now on says `Connection: close` and then closes.
+
+        Tornado's HTTP1Connection keeps a connection open whatever the response's headers say,
+        so an application that does not close it itself (any but this project's) would keep
+        its keep-alive clients until the shutdown timeout cut their requests off.
+        """
+        self.draining = True
+        for request_conn in self.busy.values():
+            close_after_response(request_conn)  # headers_received marks the ones to come
+
+    def close_idle(self, idle_grace: float, now: float) -> None:
+        """Close the keep-alive connections idle for idle_grace or longer."""
+        for conn in list(compat.open_connections(self)):
+            if conn not in self.busy and now - self.idle_since.get(conn, 0.0) >= idle_grace:
+                conn.stream.close()

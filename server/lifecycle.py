@@ -14,8 +14,9 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.netutil import bind_sockets
@@ -26,9 +27,10 @@ from . import appspec
 from .accesslog import BodySize, RequestObserver, chain
 from .app import make_app
 from .appspec import AppSpec
-from .config import ConfigError, Settings
 from .cluster import ClusterView
+from .config import ConfigError, Settings
 from .engine.limits import fit_file_limit
+from .http1policy import HTTPEngine
 from .httpserver import DrainingHTTPServer
 from .metrics import Metrics
 from .refusals import RefusalHandler
@@ -36,6 +38,9 @@ from .services import Services, Unavailable, load_or_create_secret, open_service
 from .services.greeting import GreetingService
 from .state import ServerState
 from .tcp import GreetingTCPServer
+
+if TYPE_CHECKING:
+    from .supervisor import Slot
 
 log = logging.getLogger("server")
 
@@ -55,7 +60,8 @@ def bind(address: str, port: int, backlog: int, reuse_port: bool = False) -> lis
 
 def bound_port(sockets: list[socket.socket]) -> int:
     """The port the kernel gave (useful with port 0)."""
-    return sockets[0].getsockname()[1]
+    port: int = sockets[0].getsockname()[1]
+    return port
 
 
 def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -90,24 +96,25 @@ def _expect_pem(path: Path, flag: str, markers: tuple[bytes, ...], what: str) ->
 
 
 def make_http_server(app: object, settings: Settings, ssl_context: ssl.SSLContext | None = None,
-                     refusals: RefusalHandler | None = None) -> DrainingHTTPServer:
+                     refusals: RefusalHandler | None = None) -> HTTPEngine:
     """The HTTP/1.1 server of the chosen engine, with the settings' timeouts, limits and TLS.
 
     ``refusals`` renders and records the requests the server refuses itself (default: a plain
     page, not recorded).
     """
-    options = dict(idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
-                   max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
-                   decompress_request=False, header_timeout=settings.header_timeout,
-                   send_timeout=settings.send_timeout,
-                   max_connections=fit_file_limit(settings.max_connections), refusals=refusals)
+    options: dict[str, Any] = dict(
+        idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
+        max_header_size=settings.max_header_size, max_body_size=settings.max_body_size,
+        decompress_request=False, header_timeout=settings.header_timeout,
+        send_timeout=settings.send_timeout,
+        max_connections=fit_file_limit(settings.max_connections), refusals=refusals)
     if ssl_context is None:
         ssl_context = make_ssl_context(settings)
     if ssl_context is not None:
         options["ssl_options"] = ssl_context
     if settings.engine == "fast":
         from .engine import FastHTTPServer
-        return FastHTTPServer(app, **options)  # type: ignore[return-value]
+        return FastHTTPServer(app, **options)
     return DrainingHTTPServer(app, **options)
 
 
@@ -148,7 +155,7 @@ class ServerRuntime:
         self.cluster_dir = cluster_dir  # where the supervisor's workers share their metrics
         self.app_spec = app_spec  # --app: the user's application instead of this project's
         self.state = ServerState()
-        self.http: DrainingHTTPServer | None = None
+        self.http: HTTPEngine | None = None
         self.tcp: GreetingTCPServer | None = None
         self.services: Services | None = None
         self.app: Any = None
@@ -381,7 +388,7 @@ def run(settings: Settings) -> int:
     return run_loop(settings, serve(settings, http_sockets, tcp_sockets, announce))
 
 
-def run_child(settings: Settings, slot: object, ready_fd: int, uvloop: Any,
+def run_child(settings: Settings, slot: Slot, ready_fd: int, uvloop: Any,
               runtime_dir: Path) -> int:
     """One worker under the supervisor: serve on the slot's sockets, report readiness on a pipe.
 
@@ -398,8 +405,8 @@ def run_child(settings: Settings, slot: object, ready_fd: int, uvloop: Any,
 
     try:
         spec = appspec.resolve(settings.app, settings.app_dir) if settings.app else None
-        return run_on(uvloop, serve(settings, slot.http_sockets, slot.tcp_sockets,  # type: ignore[attr-defined]
-                                    announce, worker=slot.index, app_spec=spec,  # type: ignore[attr-defined]
+        return run_on(uvloop, serve(settings, slot.http_sockets, slot.tcp_sockets,
+                                    announce, worker=slot.index, app_spec=spec,
                                     cluster_dir=runtime_dir))
     except ConfigError as exc:
         os.write(ready_fd, CONFIG_ERROR + str(exc).encode())  # the supervisor says it, once

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from http.client import responses  # the reason phrases Tornado uses
+from typing import Any
 
 from tornado import httputil
 
@@ -37,7 +39,7 @@ class Refusal:
     @property
     def reason(self) -> str:
         """The reason phrase of the status."""
-        return REASONS.get(self.status) or httputil.responses.get(self.status, "Error")
+        return REASONS.get(self.status) or responses.get(self.status, "Error")
 
     @property
     def path(self) -> str:

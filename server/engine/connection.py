@@ -18,6 +18,7 @@ from tornado.log import app_log, gen_log
 
 from .. import rules
 from ..compat import header_lists, release_transport
+from ..http1policy import LINGER_MAX_BYTES, LINGER_SECONDS, refusal_from_head
 from ..refusals import Refusal
 from . import parsing
 from .delegates import ProxyContext
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
 # delegate; body complete and the handler is producing the response.
 HEAD, BODY, HANDLER = 0, 1, 2
 
-# A response that must close the connection while the client may still be sending: stop writing,
-# read and discard for this long / this much (like nginx's lingering_close), so that closing with
-# unread input does not make the kernel reset the connection and lose our answer.
-LINGER_SECONDS = 2.0
-LINGER_MAX_BYTES = 4 * 1024 * 1024
 # Reads longer than this are parsed a slice at a time; once this many pipelined requests wait,
 # the rest of the read stays unparsed until they are answered.
 FEED_SLICE = 16 * 1024
@@ -548,7 +544,7 @@ class Connection(asyncio.Protocol):
         ex.stage = BODY
         server.busy.add(self)
         if server.xheaders:
-            ex.proxy = ProxyContext(self, ex.headers, server.trusted_downstream)
+            ex.proxy = ProxyContext(self, ex.headers, server.trusted_hosts)
         if server.no_keep_alive:
             ex.keep_alive = False
         try:
@@ -601,7 +597,7 @@ class Connection(asyncio.Protocol):
         """The delegate is ready for the body: check its size, send 100 Continue, start the timer."""
         if ex.detached or self.closing or self.current is not ex:
             return
-        if ex.length is not None and ex.length > ex.body_limit():
+        if ex.length is not None and refusal_from_head(ex.length, ex.body_limit()) is not None:
             # after headers_received: a @stream_request_body handler's prepare() may have raised
             # the limit (request.connection.set_max_body_size); refused before the body is read
             self.reject_too_large(ex)

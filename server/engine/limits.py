@@ -11,7 +11,8 @@ from time import monotonic
 
 log = logging.getLogger("server.http")
 
-REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals are logged at most this often (an attack must not flood the log)
+# seconds: refusals are logged at most this often (an attack must not flood the log)
+REFUSAL_LOG_INTERVAL = 1.0
 
 
 class RateLimitedLog:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("server.http")
 
@@ -23,7 +23,7 @@ def listen_backlog(sock: socket.socket) -> int:
     """
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        backlog = struct.unpack_from("I", info, 28)[0]
+        backlog: int = struct.unpack_from("I", info, 28)[0]
         if backlog > 0:
             return backlog
     except (OSError, AttributeError, struct.error):

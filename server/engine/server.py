@@ -5,23 +5,28 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable, Iterable
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.netutil import ssl_options_to_context
 from tornado.tcpserver import TCPServer
 
-from .. import compat
+from .. import compat, http1policy
+from ..http1policy import Deadlines
 from ..refusals import Refusal, RefusalHandler
 from .connection import Connection, Exchange
-from .parsing import ParserSink
 from .delegates import CallableDelegate, GzipDelegate
 from .limits import ConnectionCap, RateLimitedLog, reset_on_close, sweep_period
 from .listeners import Listeners
+from .parsing import ParserSink
 
 log = logging.getLogger("server.http")
+
+# start_request(server_conn, request_conn): the message delegate for one request
+StartRequest = Callable[[object, httputil.HTTPConnection], httputil.HTTPMessageDelegate]
 
 class EarlyInput(asyncio.Protocol):
     """The protocol of a TLS connection from its handshake until its Connection takes over.
@@ -53,22 +58,23 @@ class TLSHandshake(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "hello")
 
-    def __init__(self, server: "FastHTTPServer") -> None:
+    def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.hello: bytearray | None = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
+        stream = cast(asyncio.Transport, transport)  # a stream server's connections are streams
         if server.cap.full(len(server._connections) + len(server._handshakes)):
             server.cap.refuse()
-            transport.abort()
+            stream.abort()
             return
-        self.transport = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]
+        self.transport = stream
+        stream.pause_reading()
         loop = server.loop
         assert loop is not None
-        task = loop.create_task(server.handshake(transport, transport.get_extra_info("peername")))  # type: ignore[arg-type]
+        task = loop.create_task(server.handshake(stream, stream.get_extra_info("peername")))
         server._handshakes.add(task)
         task.add_done_callback(server._handshakes.discard)
         # the task's first step runs start_tls, which schedules its protocol's connection_made;
@@ -89,15 +95,16 @@ class TLSHandshake(asyncio.Protocol):
         if protocol is self:
             return
         if hasattr(protocol, "buffer_updated"):  # asyncio's and uvloop's SSLProtocol
+            buffered = cast(asyncio.BufferedProtocol, protocol)
             view = memoryview(bytes(hello))
             while view:
-                buffer = protocol.get_buffer(len(view))
+                buffer = memoryview(buffered.get_buffer(len(view)))
                 size = min(len(buffer), len(view))
                 buffer[:size] = view[:size]
-                protocol.buffer_updated(size)
+                buffered.buffer_updated(size)
                 view = view[size:]
         else:
-            protocol.data_received(bytes(hello))
+            cast(asyncio.Protocol, protocol).data_received(bytes(hello))
 
 
 # Tornado's defaults for what HTTPServer(...) leaves unset
@@ -129,7 +136,7 @@ class FastHTTPServer(HTTPServer):
       ``refusals`` (a RefusalHandler: renders the response, may log it).
     """
 
-    def initialize(self, request_callback: Any, no_keep_alive: bool = False,  # type: ignore[override]
+    def initialize(self, request_callback: Any, no_keep_alive: bool = False,
                    xheaders: bool = False, ssl_options: dict[str, Any] | ssl.SSLContext | None = None,
                    protocol: str | None = None, decompress_request: bool = False,
                    chunk_size: int | None = None, max_header_size: int | None = None,
@@ -157,9 +164,11 @@ class FastHTTPServer(HTTPServer):
         self.protocol = protocol or ("https" if ssl_options is not None else "http")
         self.no_keep_alive = no_keep_alive
         self.xheaders = xheaders
-        self.trusted_downstream = set(trusted_downstream or ())
+        self.trusted_downstream = trusted_downstream  # as HTTPServer keeps it
+        self.trusted_hosts = set(trusted_downstream or ())  # what xheaders look up, per request
         self.decompress = decompress_request
         self.refusals = refusals or RefusalHandler()
+        self._start: StartRequest
         if isinstance(request_callback, httputil.HTTPServerConnectionDelegate):
             compat.start_handlers_directly(request_callback)
             compat.cache_date_formatting()
@@ -167,26 +176,34 @@ class FastHTTPServer(HTTPServer):
         else:
             self._start = CallableDelegate.starter(request_callback)
         if not decompress_request:
-            self.start_request = self._start  # type: ignore[method-assign]  # skip a call per request
+            # the application's own, skipping a call per request (mypy forbids assigning to a
+            # method; this instance attribute is what Connection calls)
+            self.start_request = self._start  # type: ignore[method-assign]
         self.busy: set[Connection] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         # the already-resolved future every uncongested write returns
         self.done: asyncio.Future[None] | None = None
+        # open HTTP connections, under HTTPServer's name for them (typed there for its
+        # HTTP1ServerConnections; tests read it): this engine's Connections
         self._connections: set[Connection] = set()  # type: ignore[assignment]
         self._detached: set[Connection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         # failed TLS handshakes, logged where and as Tornado's SSLIOStream logs them
         self.tls_errors = RateLimitedLog(logging.getLogger("tornado.general"))
-        # connections waiting for a request head -> deadline; insertion order is deadline order
-        # (one timeout for all), so the sweep stops at the first one still in time
-        self.waiting_head: dict[Connection, float] = {}
-        self.reading_body: dict[Connection, float] = {}
-        # connections whose request head has begun -> (deadline, conn.heads then); insertion
-        # order is deadline order; an entry whose head has since completed is dropped when due
-        self.head_deadline: dict[Connection, tuple[float, int]] = {}
-        # connections with output stuck in the transport -> (bytes buffered, deadline)
-        self.sending: dict[Connection, tuple[int, float]] = {}
+        # connections waiting for a request head (idle_timeout); its plain dict waiting_head is
+        # updated directly on the per-request path (idle, head_arrived, the parser)
+        self.idle_timer: Deadlines[Connection] = Deadlines(self.idle_timeout)
+        self.waiting_head = self.idle_timer.due
+        # bodies being read (body_timeout, or a request's own): timers of different lengths
+        self.body_timer: Deadlines[Connection] = Deadlines(None, ordered=False)
+        self.reading_body = self.body_timer.due
+        # connections whose request head has begun (header_timeout), marked with conn.heads
+        # then: a timer whose head has since completed is dropped when due
+        self.head_timer: Deadlines[Connection] = Deadlines(self.header_timeout)
+        # connections with output stuck in the transport (send_timeout), marked with minus the
+        # bytes buffered: less left to send is progress
+        self.send_timer: Deadlines[Connection] = Deadlines(self.send_timeout, ordered=False)
         self.sink = ParserSink(self, Exchange)
         self._tick = sweep_period(self.idle_timeout, self.body_timeout, self.header_timeout,
                                   self.send_timeout)
@@ -207,14 +224,15 @@ class FastHTTPServer(HTTPServer):
         """Connections closed right after accept because --max-connections were open."""
         return self.cap.refused
 
-    def add_sockets(self, sockets: Any) -> None:
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """Serve on already-bound listening sockets (their listen backlog is kept).
 
         Like Tornado's, this may be called before the event loop runs (the current IOLoop's
         loop then serves them once it does).
         """
         from tornado.ioloop import IOLoop
-        loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        from tornado.platform.asyncio import BaseAsyncIOLoop
+        loop = cast(BaseAsyncIOLoop, IOLoop.current()).asyncio_loop  # every IOLoop is one
         self._bind(loop)
         self.listeners.add(list(sockets), self._serve, loop)
 
@@ -229,30 +247,21 @@ class FastHTTPServer(HTTPServer):
     async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
         """Stop accepting, let requests in flight finish (up to timeout), then close everything.
 
-        While draining every response says `Connection: close` and its connection closes once it
-        is sent. A keep-alive connection that has been idle for idle_grace is closed; one that
-        went idle more recently gets the rest of that time (a client may be sending into it right
-        now). Returns True when every request finished in time, False when some were cut off.
+        The procedure is http1policy.drain's: while draining every response says
+        `Connection: close` and its connection closes once it is sent; keep-alive connections
+        idle for idle_grace are closed. Returns True when every request finished in time, False
+        when some were cut off.
         """
-        self.draining = True
-        self.stop()
-        end = monotonic() + timeout
-        while self._connections and monotonic() < end:
-            # waiting_head holds idle connections with deadline = idle since + idle_timeout
-            cutoff = monotonic() - idle_grace + self.idle_timeout
-            idle = []
-            for conn, deadline in self.waiting_head.items():
-                if deadline > cutoff:
-                    break
-                idle.append(conn)
-            for conn in idle:
-                conn.close_transport()
-            await asyncio.sleep(0.02)
-        finished = not self.busy
-        if not finished:
-            log.warning("shutdown timeout: cutting off %d request(s) still in flight", len(self.busy))
-        await self.close_all_connections()
-        return finished
+        return await http1policy.drain(self, timeout, idle_grace)
+
+    def close_after_responses(self) -> None:
+        """Draining: every response from now on says `Connection: close` and then closes."""
+        self.draining = True  # what Exchange.write_headers and Connection.response_done read
+
+    def close_idle(self, idle_grace: float, now: float) -> None:
+        """Close the connections that have waited idle_grace or longer for a request head."""
+        for conn in self.idle_timer.armed_by(now - idle_grace):
+            conn.close_transport()
 
     async def close_all_connections(self) -> None:
         """Close every connection now (requests in flight and WebSockets included) and wait."""
@@ -289,7 +298,7 @@ class FastHTTPServer(HTTPServer):
         self._lifetime = loop.create_task(self._live(self._closed))
         self._schedule_sweep()
 
-    async def _live(self, closed: "asyncio.Future[None]") -> None:
+    async def _live(self, closed: asyncio.Future[None]) -> None:
         """A task that lasts while the server may have sockets open.
 
         A server that is never stopped still must not outlive its event loop with open sockets
@@ -311,11 +320,13 @@ class FastHTTPServer(HTTPServer):
             raise
 
     async def _serve(self, sock: socket.socket, backlog: int) -> asyncio.AbstractServer:
-        factory = self._new_connection if self.ssl_context is None else self._new_tls_connection
-        return await self.loop.create_server(factory, sock=sock, backlog=backlog,  # type: ignore[union-attr]
-                                             start_serving=False)
+        loop = self.loop
+        assert loop is not None  # _bind ran
+        factory: Callable[[], asyncio.Protocol] = (
+            self._new_connection if self.ssl_context is None else self._new_tls_connection)
+        return await loop.create_server(factory, sock=sock, backlog=backlog, start_serving=False)
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self) -> asyncio.Protocol:
         return Connection(self)
 
     def _new_tls_connection(self) -> asyncio.Protocol:
@@ -329,17 +340,19 @@ class FastHTTPServer(HTTPServer):
         finishes its handshake is held no longer than an idle one (at most 60 s).
         """
         early = EarlyInput()
+        loop, context = self.loop, self.ssl_context
+        assert loop is not None and context is not None  # serving TLS
         try:
-            transport = await self.loop.start_tls(  # type: ignore[union-attr]
-                raw, early, self.ssl_context, server_side=True,
+            transport = await loop.start_tls(
+                raw, early, context, server_side=True,
                 ssl_handshake_timeout=min(self.idle_timeout, TLS_HANDSHAKE_TIMEOUT))
-        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
             sock = raw.get_extra_info("socket")
             self.tls_errors.log("SSL Error on %s %s: %s", sock.fileno() if sock else -1, address,
                                 exc or "handshake timed out")
             raw.abort()
             return
-        if early.lost:
+        if early.lost or transport is None:
             return
         conn = Connection(self)
         transport.set_protocol(conn)
@@ -347,9 +360,11 @@ class FastHTTPServer(HTTPServer):
         if early.data:
             conn.data_received(bytes(early.data))  # what arrived before start_tls returned
 
-    def start_request(self, conn: Connection, exchange: Any) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         """A new message delegate of the application for one request (gunzipping if asked)."""
-        return GzipDelegate(self._start(conn, exchange), exchange)
+        exchange = cast(Exchange, request_conn)  # this engine's requests are Exchanges
+        return GzipDelegate(self._start(server_conn, exchange), exchange)
 
     def refuse(self, refusal: Refusal) -> bytes:
         """The complete response for a request the server refuses itself (and log it)."""
@@ -367,7 +382,7 @@ class FastHTTPServer(HTTPServer):
         self._connections.add(conn)
         self.idle(conn)
         if self.header_timeout:
-            self.head_deadline[conn] = (monotonic() + self.header_timeout, conn.heads)
+            self.head_timer.arm(conn, monotonic(), conn.heads)
         if self._sweeper is None:
             self._schedule_sweep()
 
@@ -378,32 +393,32 @@ class FastHTTPServer(HTTPServer):
         self.busy.discard(conn)
         self.waiting_head.pop(conn, None)
         self.reading_body.pop(conn, None)
-        self.head_deadline.pop(conn, None)
-        self.sending.pop(conn, None)
+        self.head_timer.disarm(conn)
+        self.send_timer.disarm(conn)
 
     def head_started(self, conn: Connection) -> None:
         """Part of a request head arrived: unless its timer runs already, header_timeout starts."""
         if not self.header_timeout:
             return
-        deadlines = self.head_deadline
-        entry = deadlines.get(conn)
-        if entry is None or entry[1] != conn.heads:
-            deadlines.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
-            deadlines[conn] = (monotonic() + self.header_timeout, conn.heads)
+        timer = self.head_timer
+        if timer.mark(conn) != conn.heads:
+            timer.arm(conn, monotonic(), conn.heads)
 
     def write_stalled(self, conn: Connection) -> None:
         """Output is piling up in the transport: it must make progress within send_timeout."""
-        if conn not in self.sending and conn.transport is not None:
-            self.sending[conn] = (conn.transport.get_write_buffer_size(),
-                                  monotonic() + self.send_timeout)
+        timer = self.send_timer
+        if conn not in timer and conn.transport is not None:
+            timer.arm(conn, monotonic(), -conn.transport.get_write_buffer_size())
 
     def write_flowing(self, conn: Connection) -> None:
         """The transport drained below its low-water mark."""
-        if self.sending:
-            self.sending.pop(conn, None)
+        timer = self.send_timer
+        if timer.due:
+            timer.disarm(conn)
 
     def idle(self, conn: Connection) -> None:
         """The connection now waits for a request head (the idle/head timer starts)."""
+        # idle_timer.arm(conn, monotonic()) written out: this runs for every request
         waiting = self.waiting_head
         waiting.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
         waiting[conn] = monotonic() + self.idle_timeout
@@ -414,7 +429,7 @@ class FastHTTPServer(HTTPServer):
 
     def body_started(self, conn: Connection, timeout: float) -> None:
         """The body timer starts."""
-        self.reading_body[conn] = monotonic() + timeout
+        self.body_timer.arm(conn, monotonic(), timeout=timeout)
 
     def body_ended(self, conn: Connection) -> None:
         """The body is complete: the body timer stops."""
@@ -426,7 +441,7 @@ class FastHTTPServer(HTTPServer):
         self.busy.discard(conn)
         self.waiting_head.pop(conn, None)
         self.reading_body.pop(conn, None)
-        self.head_deadline.pop(conn, None)
+        self.head_timer.disarm(conn)
 
     def detached(self, conn: Connection) -> None:
         """The connection was taken over (WebSocket): it is no HTTP connection any more."""
@@ -440,44 +455,33 @@ class FastHTTPServer(HTTPServer):
         if self.listeners.stopped and not self._connections:
             self._sweeper = None
             return
-        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+        loop = self.loop
+        assert loop is not None  # _bind ran
+        self._sweeper = loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
+        """Act on every timer that ran out (one sweep for them all, every _tick)."""
         now = monotonic()
-        expired = []
-        for conn, deadline in self.waiting_head.items():
-            if deadline > now:
-                break
-            expired.append(conn)
-        for conn in expired:
-            self.waiting_head.pop(conn, None)
+        for conn, _ in self.idle_timer.expired(now):
             conn.timed_out(reading_body=False)
         if self.reading_body:
-            late = [conn for conn, deadline in self.reading_body.items() if deadline <= now]
-            for conn in late:
-                self.reading_body.pop(conn, None)
+            for conn, _ in self.body_timer.expired(now):
                 conn.timed_out(reading_body=True)
-        if self.head_deadline:
+        if self.head_timer.due:
             self._sweep_heads(now)
-        if self.sending:
+        if self.send_timer.due:
             self._sweep_sending(now)
         self._schedule_sweep()
 
     def _sweep_heads(self, now: float) -> None:
         """Close connections whose request head has not arrived within header_timeout."""
-        deadlines = self.head_deadline
-        due = []
-        for conn, (deadline, heads) in deadlines.items():
-            if deadline > now:
-                break
-            due.append((conn, heads))
-        for conn, heads in due:
-            del deadlines[conn]
+        timer = self.head_timer
+        for conn, heads in timer.expired(now):
             if conn.heads != heads or conn.closing:
                 continue  # that head arrived in time
             if conn in self.busy:
                 # a pipelined head waits (unread) while the request before it is served
-                deadlines[conn] = (now + self.header_timeout, heads)
+                timer.arm(conn, now, heads)
                 continue
             log.debug("request head from %s not complete within %gs: closing", conn,
                       self.header_timeout)
@@ -485,24 +489,20 @@ class FastHTTPServer(HTTPServer):
 
     def _sweep_sending(self, now: float) -> None:
         """Abort connections whose buffered output has not moved for send_timeout."""
-        sending = self.sending
-        stuck = []
-        for conn, (size, deadline) in list(sending.items()):
+        timer = self.send_timer
+        for conn in list(timer.due):
             transport = conn.transport
             if transport is None:
-                del sending[conn]
+                timer.disarm(conn)
                 continue
             buffered = transport.get_write_buffer_size()
             if buffered == 0 and not conn.write_paused:
-                del sending[conn]  # all out
-            elif buffered < size:
-                sending[conn] = (buffered, now + self.send_timeout)  # progress
-            elif deadline <= now:
-                stuck.append(conn)
-            elif buffered > size:
-                sending[conn] = (buffered, deadline)  # more output, none of it sent
-        for conn in stuck:
-            del sending[conn]
+                timer.disarm(conn)  # all out
+            else:
+                timer.progress(conn, -buffered, now)
+        for conn, _ in timer.expired(now):
             log.debug("response to %s made no progress for %gs: closing", conn, self.send_timeout)
-            reset_on_close(conn.transport.get_extra_info("socket"))
+            transport = conn.transport
+            if transport is not None:
+                reset_on_close(transport.get_extra_info("socket"))
             conn.abort()
