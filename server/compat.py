@@ -35,7 +35,8 @@ _require(iostream.BaseIOStream.__init__, "_read_buffer_size", "_total_write_done
 _require(HTTPServer.initialize, "_connections")
 _require(tornado.web.RequestHandler.clear, "_headers", "_write_buffer", "_status_code",
          "_reason")
-_require(HTTP1Connection.__init__, "_max_body_size")
+_require(HTTP1Connection.__init__, "_max_body_size", "_disconnect_on_finish",
+         "_response_start_line")
 
 
 # --- the tornado engine (server/httpserver.py): Tornado's HTTPServer and IOStream ---
@@ -73,6 +74,18 @@ def release_transport(transport: Any) -> None:
     """
     if getattr(transport, "_read_ready_cb", None) is not None:
         transport._read_ready_cb = None
+
+
+def close_after_response(request_conn: HTTP1Connection) -> None:
+    """Make Tornado close this request's connection after its response, which says so.
+
+    Used while draining. Tornado decides per request whether the connection closes after the
+    response (and then sends ``Connection: close``) in ``_disconnect_on_finish``, and keeps the
+    response's start line once its head is written; neither has a public accessor. Only for a
+    response not begun: one whose head went out promised keep-alive.
+    """
+    if request_conn._response_start_line is None:
+        request_conn._disconnect_on_finish = True
 
 
 def http1_max_body_size(connection: HTTP1Connection) -> int:

@@ -21,23 +21,6 @@ from .refusals import Refusal, RefusalHandler
 log = logging.getLogger("server.http")
 
 
-# Tornado decides per request whether the connection closes after the response (and says so in
-# a Connection: close header) in _disconnect_on_finish, and keeps the response's start line once
-# its head is written; neither has a public accessor. compat's import-time check fails loudly
-# should a Tornado release rename them.
-compat._require(HTTP1Connection.__init__, "_disconnect_on_finish", "_response_start_line")
-
-
-def close_after_response(request_conn: HTTP1Connection) -> None:
-    """Make Tornado close this request's connection after its response, which says so.
-
-    Only for a response not begun: one whose head went out promised keep-alive, and its client
-    may send its next request right after it (that one is answered, closing).
-    """
-    if request_conn._response_start_line is None:
-        request_conn._disconnect_on_finish = True
-
-
 class _TrackedRequest(httputil.HTTPMessageDelegate):
     """Marks its connection busy once a request head arrives; refuses oversized bodies early."""
 
@@ -54,7 +37,7 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
         server = self.server
         server.busy[self.server_conn] = self.request_conn
         if server.draining:
-            close_after_response(self.request_conn)
+            compat.close_after_response(self.request_conn)
         timer = server.head_timer
         if timer.due:
             timer.disarm(self.server_conn)  # the head arrived in time
@@ -291,7 +274,7 @@ class DrainingHTTPServer(HTTPServer):
         """
         self.draining = True
         for request_conn in self.busy.values():
-            close_after_response(request_conn)  # headers_received marks the ones to come
+            compat.close_after_response(request_conn)  # headers_received marks the ones to come
 
     def close_idle(self, idle_grace: float, now: float) -> None:
         """Close the keep-alive connections idle for idle_grace or longer."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import tornado
+import tornado.httpserver
 import tornado.web
 from packaging.requirements import Requirement
 from tornado import httputil
@@ -174,6 +175,46 @@ async def test_http1_max_body_size_is_the_limit_the_server_was_given():
     finally:
         server.stop()
     assert response.body == b'{"limit": 4321}'
+
+
+class CloseAfter(tornado.web.RequestHandler):
+    def get(self):
+        if self.get_argument("flush", None):
+            self.write("head sent: ")
+            self.flush()
+        compat.close_after_response(self.request.connection)
+        self.finish("done")
+
+
+async def exchange(reader, writer, path):
+    """One GET on an open connection: (head, body) of its response."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    if "Transfer-Encoding: chunked" in head:
+        body = b""
+        while size := int((await reader.readline()).strip(), 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readline()
+        return head, body
+    length = int(re.search(r"Content-Length: (\d+)", head).group(1))
+    return head, await reader.readexactly(length)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_close_after_response_closes_the_connection_unless_the_head_went_out():
+    sockets = bind("127.0.0.1", 0, 128)
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/", CloseAfter)]))
+    server.add_sockets(sockets)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(sockets))
+        head, body = await exchange(reader, writer, "/?flush=1")  # promised keep-alive: kept
+        assert body == b"head sent: done" and "Connection: close" not in head
+        head, body = await exchange(reader, writer, "/")
+        assert body == b"done" and "Connection: close" in head
+        assert await reader.read() == b""  # and Tornado closed it
+        writer.close()
+    finally:
+        server.stop()
 
 
 def test_release_transport_breaks_the_selector_transports_cycle():
