@@ -1,7 +1,6 @@
 """BaseHandler, PageHandler and ApiHandler: the one place for errors, JSON and shared state."""
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import math
@@ -42,16 +41,6 @@ _SECURITY_HEADERS = tuple((normalized(name), value) for name, value in SECURITY_
 _REQUEST_ID_HEADER = normalized("X-Request-ID")
 for _name, _value in (*_SECURITY_HEADERS, ("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)):
     compat.check_header_value(_value)  # raises on a bad value
-
-
-@functools.lru_cache(maxsize=1)
-def _imf_date(second: int) -> str:
-    return httputil.format_timestamp(second)
-
-
-def http_date() -> str:
-    """The Date header value for now (RFC 7231 IMF-fixdate), formatted at most once a second."""
-    return _imf_date(int(time.time()))
 
 
 def request_id(given: str | None) -> str:
@@ -185,13 +174,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def clear(self) -> None:
         """Reset the response (what RequestHandler.clear does), on the per-request hot path.
 
-        Tornado's clear() formats the Date header anew and validates every default header on
-        each request; here the date is formatted once a second and the default headers (the
-        constant ones checked once at import) go straight into the HTTPHeaders' own dict, before
-        the set_default_headers() hook runs. No Server header: a version only helps someone
-        matching it against advisories.
+        Tornado's clear() validates every default header on each request; here the default
+        headers (the constant ones checked once at import) go straight into the HTTPHeaders' own
+        dict, before the set_default_headers() hook runs. The Date is Tornado's, which both
+        engines format once a second (compat.cache_date_formatting). No Server header: a
+        version only helps someone matching it against advisories.
         """
-        as_list = {"Content-Type": ["text/html; charset=UTF-8"], "Date": [http_date()]}
+        as_list = {"Content-Type": ["text/html; charset=UTF-8"],
+                   "Date": [httputil.format_timestamp(time.time())]}
         for name, value in _SECURITY_HEADERS:
             as_list[name] = [value]
         if self.request.protocol == "https":

@@ -107,6 +107,7 @@ class DrainingHTTPServer(HTTPServer):
                    send_timeout: float | None = None, max_connections: int | None = None,
                    refusals: RefusalHandler | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
+        compat.cache_date_formatting()  # as the fast engine does: the Date once a second
         self.refusals = refusals or RefusalHandler()
         self._stream_classes: dict[type, type] = {}  # IOStream classes answering bad requests
         self.max_body_size = kwargs.get("max_body_size") or 100 * 1024**2
