@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import httptools
 from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
@@ -21,12 +20,12 @@ from tornado.log import app_log, gen_log
 from .. import rules
 from ..compat import release_transport
 from ..refusals import Refusal
-from . import parsing
 from .delegates import ProxyContext
 from .exchange import BODY, HANDLER, HEAD, HOLD_BYTES, Exchange, Stage
 from .flow import FlowControl
 from .linger import LINGER_MAX_BYTES, LINGER_SECONDS, Linger
-from .parsing import BODY_PAUSE_BYTES, Reject, new_parser
+from .parsing import BODY_PAUSE_BYTES
+from .reader import Reader
 from .stream import DetachedStream
 
 if TYPE_CHECKING:
@@ -47,10 +46,9 @@ CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 class Connection(asyncio.Protocol):
     """The asyncio protocol of one client connection; also the request context handlers see."""
 
-    __slots__ = ("server", "timers", "flow", "transport", "parser", "remote_ip", "protocol",
-                 "address", "current", "parsing", "queue", "completed", "heads", "head_fed",
-                 "head_slack", "tail", "backlog", "stream", "closing", "linger",
-                 "method_override", "pending", "held")
+    __slots__ = ("server", "timers", "flow", "reader", "transport", "remote_ip", "protocol",
+                 "address", "current", "queue", "tail", "backlog", "stream", "closing", "linger",
+                 "held")
 
     def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
@@ -58,26 +56,18 @@ class Connection(asyncio.Protocol):
         loop, done = server.loop, server.done
         assert loop is not None and done is not None  # a server serves once bound to its loop
         self.flow = FlowControl(loop, done)
+        self.reader = Reader(self, server.sink)
         self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpRequestParser | None = None
         self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
         self.protocol = server.protocol
         self.address: Any = None
         self.current: Exchange | None = None  # the request being answered
-        self.parsing: Exchange | None = None  # the request the parser is filling in
         self.queue: list[Exchange] | None = None  # pipelined requests after current
-        self.completed = 0
-        self.heads = 0
-        self.head_fed = 0  # bytes of the current, incomplete head read so far (at least)
-        self.head_slack = 0  # ... plus at most this many
         self.tail: bytearray | None = None  # input after an upgrade request's head
         self.backlog: bytes | None = None  # input not parsed yet because requests are queued
         self.stream: DetachedStream | None = None
         self.closing = False
         self.linger: Linger | None = None  # set once no more input is parsed (see linger.py)
-        # a method llhttp does not know, for the request re-fed under a known one
-        self.method_override: str | None = None
-        self.pending: bytes | None = None  # input to parse before the next read's
         self.held: list[bytes | memoryview] | None = None  # whole responses not written yet (see send)
 
     def __str__(self) -> str:
@@ -92,7 +82,7 @@ class Connection(asyncio.Protocol):
         self.address = peer
         if isinstance(peer, tuple) and peer:
             self.remote_ip = peer[0]
-        self.parser = new_parser(self.server.sink)
+        self.reader.start()
         self.server.connection_made(self)
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -118,7 +108,7 @@ class Connection(asyncio.Protocol):
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse input and let the application act on what is complete."""
         if len(data) <= FEED_SLICE:
-            self.parse(data)
+            self.reader.parse(data)
         else:
             # A read can hold thousands of tiny pipelined requests, each far bigger once parsed:
             # parse a slice at a time and keep the rest raw once enough requests are waiting.
@@ -135,147 +125,9 @@ class Connection(asyncio.Protocol):
                     self.backlog = bytes(view[pos:])
                     self.flow.pause_reading()
                     break
-                self.parse(view[pos:pos + FEED_SLICE])
+                self.reader.parse(view[pos:pos + FEED_SLICE])
                 pos += FEED_SLICE
         self.advance()
-
-    def parse(self, data: bytes | bytearray | memoryview) -> None:
-        """Run the parser over data; its callbacks fill in this connection's exchanges."""
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            data = pending + bytes(data)
-        again = self.parse_once(data)
-        while again is not None:
-            again = self.parse_once(again)
-
-    def parse_once(self, data: bytes | bytearray | memoryview) -> bytes | None:
-        """Feed data once; returns input to feed again (a request under a method llhttp knows)."""
-        sink = self.server.sink
-        sink.conn = self  # left set afterwards: cleared when the connection goes
-        sink.small_read = self.head_fed + self.head_slack + len(data) <= sink.max_header_size
-        parser = self.parser
-        assert parser is not None  # None only once the connection is closed or detached
-        completed, heads = self.completed, self.heads
-        first = self.parsing  # a message that began in an earlier read (None: data begins one)
-        parsed = first.parsed if first is not None else 0
-        again = None
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.tail = bytearray(data[exc.args[0]:])
-            self.flow.pause_reading()
-        except httptools.HttpParserInvalidMethodError as exc:
-            try:
-                again = self.unknown_method(data, first, parsed, self.completed - completed)
-            except Reject as refusal:
-                self.refuse_parsing(refusal.status, refusal.detail)
-            else:
-                if again is None and self.pending is None:
-                    self.parse_error(exc, data)
-        except httptools.HttpParserError as exc:
-            self.parse_error(exc, data)
-        if first is not None and first.chunked and first is self.parsing:
-            # a chunked body all through this read: its framing must stay near its data's size
-            first.overhead += len(data) - (first.parsed - parsed)
-            if parsing.chunk_overhead_exceeded(first) and first.error is None:
-                first.error = (400, "chunked body framing far larger than its data "
-                                    "(chunk extensions?)")
-                self.discard_input()
-        ex = self.parsing
-        if ex is not None and not ex.head_done and ex.error is None:
-            if ex.url is None and again is None:
-                self.keep_method_start(data, first, parsed, self.completed - completed)
-            self.timers.head_started(self)  # header_timeout runs from a head's first read
-            # llhttp has no size limit of its own: count the reads spent inside one head
-            if completed == self.completed and heads == self.heads:
-                self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
-                limit = sink.max_header_size
-                if self.head_fed > limit:
-                    violation = rules.head_too_large(limit)
-                    ex.error = (violation.status, violation.detail)
-                    self.discard_input()
-            else:
-                # the head began somewhere in this read: up to all of it may be the head's
-                self.head_fed = 0
-                self.head_slack = len(data)
-        elif self.head_fed or self.head_slack:
-            self.head_fed = self.head_slack = 0
-        return again
-
-    def unknown_method(self, data: bytes | bytearray | memoryview, first: Exchange | None,
-                       parsed: int, done: int) -> bytes | None:
-        """A method llhttp does not know: the request again under one it does, keeping its own.
-
-        RFC 9110 9.1 makes any token a method (Tornado answers an unimplemented one with 405).
-        The input from the failed message on is returned to be fed to a fresh parser with its
-        method replaced by GET, and the real method is put back into the start line. Finding where
-        that message starts needs input that begins at a message boundary: data does, or does
-        once the start of its first message (a method split across reads, kept; or the rest of a
-        Content-Length body) is accounted for. None when it cannot be found (refused as before)
-        or the method is not complete yet (kept as pending input).
-        """
-        ex = self.parsing
-        if ex is None or ex.url is not None:
-            return None  # not a method problem (llhttp uses this error for "GET\r\n" too)
-        found = self.aligned(data, first, parsed, done)
-        if found is None:
-            return None
-        aligned, done = found
-        start = parsing.message_start(aligned, done)
-        split = parsing.split_method(aligned, start)
-        self.drop_exchange(ex)
-        self.parser = new_parser(self.server.sink)
-        if split is None:
-            self.pending = bytes(aligned[start:])  # the method continues in the next read
-            return None
-        method, rest = split
-        self.method_override = method.decode("ascii")
-        return parsing.KNOWN_METHOD + bytes(aligned[rest:])
-
-    @staticmethod
-    def aligned(data: bytes | bytearray | memoryview, first: Exchange | None, parsed: int,
-                done: int) -> tuple[bytes | bytearray | memoryview, int] | None:
-        """data from a message boundary on and the messages complete in it; None if unknown.
-
-        ``first`` was being parsed when data arrived (``parsed`` of its body bytes by then) and
-        ``done`` messages completed in data: a split method's start is prepended, the rest of a
-        Content-Length body skipped. The end of a head or of a chunked body cannot be found.
-        """
-        if first is None:
-            return data, done
-        if first.url is None:
-            if first.method_prefix is None:
-                return None
-            return first.method_prefix + bytes(data), done
-        if first.head_done and first.length is not None and not first.chunked and done:
-            return data[first.length - parsed:], done - 1
-        return None
-
-    def keep_method_start(self, data: bytes | bytearray | memoryview, first: Exchange | None,
-                          parsed: int, done: int) -> None:
-        """A read ended inside a request's method: keep its start, should llhttp not know it."""
-        ex = self.parsing
-        assert ex is not None  # the read ended inside this request's head
-        if ex is first:
-            if ex.method_prefix is not None:
-                ex.method_prefix += bytes(data)
-            return
-        found = self.aligned(data, first, parsed, done)
-        if found is not None:
-            start = parsing.message_start(*found)
-            ex.method_prefix = bytes(found[0][start:start + parsing.MAX_METHOD_LENGTH + 1])
-
-    def drop_exchange(self, ex: Exchange) -> None:
-        """Forget an exchange whose message will be parsed again."""
-        if self.current is ex:
-            self.current = None
-        elif self.queue is not None and ex in self.queue:
-            self.queue.remove(ex)
-            if not self.queue:
-                self.queue = None
-        if self.parsing is ex:
-            self.parsing = None
 
     def eof_received(self) -> bool | None:
         """The client closed its side."""
@@ -295,6 +147,11 @@ class Connection(asyncio.Protocol):
             self.advance()
 
     @property
+    def heads(self) -> int:
+        """Request heads parsed so far (the header_timeout sweep reads it)."""
+        return self.reader.heads
+
+    @property
     def write_paused(self) -> bool:
         """True while the transport holds more than its high-water mark (the send sweep reads it)."""
         return self.flow.writing_paused
@@ -303,15 +160,14 @@ class Connection(asyncio.Protocol):
         """The connection is gone: tell whoever was using it, drop references."""
         server = self.server
         server.connection_lost(self)
-        server.sink.release(self)
         self.closing = True
         release_transport(self.transport)
         self.transport = None
-        self.parser = None
+        self.reader.stop()
         if self.linger is not None:
             self.linger.cancel()
         ex = self.current
-        self.current = self.parsing = self.queue = None
+        self.current = self.queue = None
         if ex is not None and ex.delegate is not None and not ex.detached:
             delegate = ex.delegate
             ex.delegate = None
@@ -553,7 +409,7 @@ class Connection(asyncio.Protocol):
         queue = self.queue
         if not ex.keep_alive or server.draining or queue is None:
             self.current = None
-            self.close_transport(linger=queue is not None or self.parsing is not None)
+            self.close_transport(linger=queue is not None or self.reader.parsing is not None)
             return
         self.current = queue.pop(0)
         if not queue:
@@ -631,36 +487,6 @@ class Connection(asyncio.Protocol):
 
     # --- refusing requests ---
 
-    def parse_error(self, exc: httptools.HttpParserError,
-                    data: bytes | bytearray | memoryview = b"") -> None:
-        """The parser refused the input: the request it was reading gets an error response."""
-        context = exc.__context__
-        if isinstance(context, Reject):
-            self.refuse_parsing(context.status, context.detail)
-        elif isinstance(exc, httptools.HttpParserCallbackError) and context is not None:
-            app_log.error("HTTP parser callback failed",
-                          exc_info=(type(context), context, context.__traceback__))
-            self.refuse_parsing(500, "internal error")
-        else:
-            self.refuse_parsing(400, parsing.describe(exc, data))
-
-    def refuse_parsing(self, status: int, detail: str) -> None:
-        """The request being parsed is refused with this status; nothing more is parsed."""
-        self.method_override = None
-        self.pending = None
-        ex = self.parsing
-        if ex is None:
-            ex = Exchange(self)
-            if self.current is None:
-                self.current = ex
-            elif self.queue is None:
-                self.queue = [ex]
-            else:
-                self.queue.append(ex)
-        ex.error = (status, detail)
-        self.parsing = None
-        self.discard_input()
-
     def discard_input(self) -> None:
         """Parse nothing more on this connection (it closes after the error response)."""
         if self.linger is None:
@@ -734,8 +560,8 @@ class Connection(asyncio.Protocol):
         """Hand the connection over to a stream; HTTP processing stops here."""
         self.flush_held()
         self.server.detached(self)
-        self.current = self.parsing = self.queue = None
-        self.parser = None
+        self.current = self.queue = None
+        self.reader.stop()
         transport = self.transport
         assert transport is not None  # detach() is called from a handler of an open connection
         stream = self.stream = DetachedStream(self, self.flow, transport)

@@ -21,8 +21,8 @@ from ..compat import make_headers
 from ..rules import Violation
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .exchange import Exchange
+    from .reader import Reader
     from .server import FastHTTPServer
 
 # Header-name spellings remembered per server (bounded: names are client-chosen).
@@ -63,18 +63,18 @@ class ParserSink:
 
     httptools keeps the callables it finds on its protocol object. Handing every parser the same
     pre-bound methods (instead of a connection's own) saves eight bound-method objects per
-    connection; `conn` says which connection the current feed_data call belongs to (set by
-    the connection before each call; callbacks run only inside one, on a message it began).
+    connection; `reader` says which connection's Reader the current feed_data call belongs to
+    (set before each call; callbacks run only inside one, on a message it began).
     What a callback learns goes into the connection's exchanges; of the server it reads only
     max_header_size, once.
     """
 
-    __slots__ = ("conn", "exchange", "small_read", "max_header_size", "names", "methods",
+    __slots__ = ("reader", "exchange", "small_read", "max_header_size", "names", "methods",
                  "on_message_begin", "on_url",
                  "on_header", "on_headers_complete", "on_body", "on_message_complete",
                  "on_chunk_header")
 
-    conn: Connection
+    reader: Reader
 
     def __init__(self, server: FastHTTPServer, exchange: type[Exchange]) -> None:
         self.exchange = exchange
@@ -91,16 +91,17 @@ class ParserSink:
         self.on_message_complete = self._message_complete
         self.on_chunk_header = self._chunk_header
 
-    def release(self, conn: Connection) -> None:
+    def release(self, reader: Reader) -> None:
         """The connection is gone: the sink keeps no reference to it."""
-        if getattr(self, "conn", None) is conn:
-            del self.conn
+        if getattr(self, "reader", None) is reader:
+            del self.reader
 
     def _begin(self) -> None:
         # a new message: its exchange exists from its first byte, so a method split across
         # reads (or one llhttp refuses) belongs to a known request
-        conn = self.conn
-        ex = conn.parsing = self.exchange(conn)
+        reader = self.reader
+        conn = reader.conn
+        ex = reader.parsing = self.exchange(conn)
         if conn.current is None:
             conn.current = ex
         else:
@@ -112,7 +113,7 @@ class ParserSink:
             conn.flow.pause_reading()
 
     def _url(self, url: bytes) -> None:
-        ex = self.conn.parsing
+        ex = self.reader.parsing
         assert ex is not None  # inside a message: _begin set it
         if ex.url is None:
             ex.url = url
@@ -120,7 +121,7 @@ class ParserSink:
             ex.url += url  # the rest of a target split across reads
 
     def _header(self, name: bytes, value: bytes) -> None:
-        ex = self.conn.parsing
+        ex = self.reader.parsing
         assert ex is not None
         if ex.head_done:
             return  # a trailer after a chunked body: nothing in Tornado reads them
@@ -138,14 +139,14 @@ class ParserSink:
             values.append(value.decode("latin-1"))
 
     def _headers_complete(self) -> None:
-        conn = self.conn
-        ex = conn.parsing
-        parser = conn.parser
+        reader = self.reader
+        ex = reader.parsing
+        parser = reader.parser
         assert ex is not None and parser is not None
-        conn.heads += 1
-        method = conn.method_override
+        reader.heads += 1
+        method = reader.method_override
         if method is not None:
-            conn.method_override = None
+            reader.method_override = None
         else:
             raw_method = parser.get_method()
             method = self.methods.get(raw_method)
@@ -198,8 +199,8 @@ class ParserSink:
                 ex.keep_alive = "keep-alive" in tokens
 
     def _body(self, data: bytes) -> None:
-        conn = self.conn
-        ex = conn.parsing
+        reader = self.reader
+        ex = reader.parsing
         assert ex is not None
         if ex.body is None:
             ex.body = [data]
@@ -208,20 +209,20 @@ class ParserSink:
         ex.body_bytes += len(data)
         ex.parsed += len(data)
         if ex.body_bytes > BODY_PAUSE_BYTES:
-            conn.flow.pause_reading()
+            reader.conn.flow.pause_reading()
 
     def _chunk_header(self) -> None:
-        ex = self.conn.parsing
+        ex = self.reader.parsing
         assert ex is not None
         ex.chunks += 1
 
     def _message_complete(self) -> None:
-        conn = self.conn
-        ex = conn.parsing
+        reader = self.reader
+        ex = reader.parsing
         assert ex is not None
         ex.complete = True
-        conn.parsing = None
-        conn.completed += 1
+        reader.parsing = None
+        reader.completed += 1
 
 
 def message_start(data: bytes | bytearray | memoryview, messages: int) -> int:
