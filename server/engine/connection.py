@@ -21,9 +21,10 @@ from .. import rules
 from ..compat import release_transport
 from ..refusals import Refusal
 from .delegates import ProxyContext
-from .exchange import BODY, HANDLER, HEAD, HOLD_BYTES, Exchange, Stage
+from .exchange import BODY, HANDLER, HEAD, Exchange, Stage
 from .flow import FlowControl
 from .linger import LINGER_MAX_BYTES, LINGER_SECONDS, Linger
+from .output import HOLD_BYTES, HOLD_MAX, Output
 from .parsing import BODY_PAUSE_BYTES
 from .reader import Reader
 from .stream import DetachedStream
@@ -38,7 +39,6 @@ __all__ = ["Connection", "Exchange", "Stage", "TLSSocket", "LINGER_SECONDS", "LI
 # the rest of the read stays unparsed until they are answered.
 FEED_SLICE = 16 * 1024
 MAX_PIPELINED = 16
-HOLD_MAX = 32  # whole pipelined responses held for one write at the most (Connection.send)
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
@@ -48,7 +48,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("server", "timers", "flow", "reader", "transport", "remote_ip", "protocol",
                  "address", "current", "queue", "tail", "backlog", "stream", "closing", "linger",
-                 "held")
+                 "output")
 
     def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
@@ -56,6 +56,7 @@ class Connection(asyncio.Protocol):
         loop, done = server.loop, server.done
         assert loop is not None and done is not None  # a server serves once bound to its loop
         self.flow = FlowControl(loop, done)
+        self.output = Output()
         self.reader = Reader(self, server.sink)
         self.transport: asyncio.Transport | None = None
         self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
@@ -68,7 +69,6 @@ class Connection(asyncio.Protocol):
         self.stream: DetachedStream | None = None
         self.closing = False
         self.linger: Linger | None = None  # set once no more input is parsed (see linger.py)
-        self.held: list[bytes | memoryview] | None = None  # whole responses not written yet (see send)
 
     def __str__(self) -> str:
         return self.remote_ip
@@ -77,7 +77,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: note its address, start a parser, start the idle timer."""
-        self.transport = self.flow.transport = transport  # type: ignore[assignment]
+        self.transport = self.flow.transport = self.output.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.address = peer
         if isinstance(peer, tuple) and peer:
@@ -162,7 +162,7 @@ class Connection(asyncio.Protocol):
         server.connection_lost(self)
         self.closing = True
         release_transport(self.transport)
-        self.transport = None
+        self.transport = self.output.transport = None
         self.reader.stop()
         if self.linger is not None:
             self.linger.cancel()
@@ -291,7 +291,7 @@ class Connection(asyncio.Protocol):
         if not ex.complete:
             if (not ex.finished and ex.body is None
                     and ex.headers.get("Expect", "").lower() == "100-continue"):
-                self.send(CONTINUE)
+                self.output.send(CONTINUE)
             timeout = ex.body_timeout
             if timeout is None:
                 timeout = self.server.body_timeout
@@ -429,47 +429,17 @@ class Connection(asyncio.Protocol):
             self.feed(backlog)  # advances too
         else:
             self.advance()
-        if self.held is not None and self.current is not None:
+        if self.output.held is not None and self.current is not None:
             # runs after the first step of the handler just started: still unanswered by then
             # (it waits on something), the responses before it go out now
             self.flow.loop.call_soon(self.release_held, self.current)
         if self.flow.reading_paused:
             self.maybe_resume()
 
-    def send(self, data: bytes | memoryview, hold: bool = False) -> None:
-        """Write to the transport, or hold ``data`` (a whole response) while requests are queued.
-
-        Pipelined requests answered in a row (TFB's plaintext: 16 at a time) go out in one
-        write, not one system call each. Held output goes out with the next write that is not
-        held, when the connection closes or detaches, when held responses reach HOLD_MAX, and
-        when a queued request's handler does not answer in its first step (release_held).
-        """
-        held = self.held
-        if hold:
-            if held is None:
-                self.held = [data]
-                return
-            if len(held) < HOLD_MAX:
-                held.append(data)
-                return
-        if held is not None:
-            self.held = None
-            held.append(data)
-            data = b"".join(held)
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def flush_held(self) -> None:
-        """Write the held responses now."""
-        held = self.held
-        if held is not None:
-            self.held = None
-            if self.transport is not None:
-                self.transport.write(b"".join(held))
-
     def release_held(self, ex: Exchange) -> None:
         """The handler of ``ex`` is still at work: what is held goes out without waiting for it."""
         if self.current is ex and not ex.finished:
-            self.flush_held()
+            self.output.flush()
 
     def after_upgrade(self, keep_alive: bool) -> None:
         """An upgrade request was answered without taking over the connection: back to HTTP."""
@@ -510,7 +480,7 @@ class Connection(asyncio.Protocol):
             gen_log.info("Malformed HTTP message from %s: %s", self, detail)
         if not ex.started and self.transport is not None:
             ex.started = True
-            self.send(self.server.refuse(self.refusal(ex, status, detail)))
+            self.output.send(self.server.refuse(self.refusal(ex, status, detail)))
         self.close_transport(linger=True)
 
     def refusal(self, ex: Exchange, status: int, detail: str) -> Refusal:
@@ -558,7 +528,7 @@ class Connection(asyncio.Protocol):
 
     def detach(self, ex: Exchange) -> DetachedStream:
         """Hand the connection over to a stream; HTTP processing stops here."""
-        self.flush_held()
+        self.output.flush()
         self.server.detached(self)
         self.current = self.queue = None
         self.reader.stop()
@@ -576,7 +546,7 @@ class Connection(asyncio.Protocol):
         """Close after the buffered output is sent; with linger, drain input briefly first."""
         if self.closing or self.transport is None:
             return
-        self.flush_held()
+        self.output.flush()
         self.closing = True
         self.timers.closing(self)
         transport = self.transport
@@ -601,7 +571,7 @@ class Connection(asyncio.Protocol):
         """Close now, dropping anything unsent."""
         transport = self.transport
         if transport is not None:
-            self.flush_held()  # the answers before this one were complete
+            self.output.flush()  # the answers before this one were complete
             self.closing = True
             self.timers.closing(self)
             transport.abort()
@@ -635,7 +605,7 @@ class Connection(asyncio.Protocol):
             raise StreamClosedError()
         if self.current is not None:
             self.current.started = True  # no refusal may be written over it
-        self.send(data)
+        self.output.send(data)
         return self.flow.write_future()
 
     def set_nodelay(self, value: bool) -> None:

@@ -11,12 +11,12 @@ from tornado import httputil
 from .. import rules
 from ..compat import header_lists
 from .delegates import ProxyContext
+from .output import HOLD_BYTES
 from .stream import DetachedStream
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-HOLD_BYTES = 16384  # a whole response of at most this size may be held (Connection.send)
 
 
 class Stage(enum.Enum):
@@ -173,8 +173,8 @@ class Exchange(httputil.HTTPConnection):
             else:
                 data += self._frame(chunk)
         # a whole response with pipelined requests queued after it: held, to go out with theirs
-        conn.send(data, hold=conn.queue is not None and self.remaining == 0
-                  and len(data) <= HOLD_BYTES)
+        conn.output.send(data, conn.queue is not None and self.remaining == 0
+                         and len(data) <= HOLD_BYTES)
         return flow.done if not flow.writing_paused else flow.write_future()
 
     def write(self, chunk: bytes) -> asyncio.Future[None]:
@@ -183,7 +183,7 @@ class Exchange(httputil.HTTPConnection):
         if conn.transport is None or conn.closing:
             return conn.flow.closed_future()
         if chunk:
-            conn.send(self._frame(chunk))
+            conn.output.send(self._frame(chunk))
         return conn.flow.write_future()
 
     def _frame(self, chunk: bytes) -> bytes:
@@ -205,7 +205,7 @@ class Exchange(httputil.HTTPConnection):
             raise httputil.HTTPOutputError(
                 f"Tried to write {self.remaining} bytes less than Content-Length")
         if self.chunking and open_:
-            conn.send(b"0\r\n\r\n")
+            conn.output.send(b"0\r\n\r\n")
         self.finished = True
         if conn.current is self and not self.detached:
             conn.response_done(self)
