@@ -57,7 +57,7 @@ class Connection(asyncio.Protocol):
         assert loop is not None and done is not None  # a server serves once bound to its loop
         self.flow = FlowControl(loop, done)
         self.output = Output()
-        self.reader = Reader(self, server.sink)
+        self.reader = Reader(server.sink)
         self.transport: asyncio.Transport | None = None
         self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
         self.protocol = server.protocol
@@ -108,7 +108,7 @@ class Connection(asyncio.Protocol):
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse input and let the application act on what is complete."""
         if len(data) <= FEED_SLICE:
-            self.reader.parse(data)
+            self.reader.parse(self, data)
         else:
             # A read can hold thousands of tiny pipelined requests, each far bigger once parsed:
             # parse a slice at a time and keep the rest raw once enough requests are waiting.
@@ -125,7 +125,7 @@ class Connection(asyncio.Protocol):
                     self.backlog = bytes(view[pos:])
                     self.flow.pause_reading()
                     break
-                self.reader.parse(view[pos:pos + FEED_SLICE])
+                self.reader.parse(self, view[pos:pos + FEED_SLICE])
                 pos += FEED_SLICE
         self.advance()
 
@@ -163,7 +163,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         release_transport(self.transport)
         self.transport = self.output.transport = None
-        self.reader.stop()
+        self.reader.stop(self)
         if self.linger is not None:
             self.linger.cancel()
         ex = self.current
@@ -531,7 +531,7 @@ class Connection(asyncio.Protocol):
         self.output.flush()
         self.server.detached(self)
         self.current = self.queue = None
-        self.reader.stop()
+        self.reader.stop(self)
         transport = self.transport
         assert transport is not None  # detach() is called from a handler of an open connection
         stream = self.stream = DetachedStream(self, self.flow, transport)

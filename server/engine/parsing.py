@@ -21,6 +21,7 @@ from ..compat import make_headers
 from ..rules import Violation
 
 if TYPE_CHECKING:
+    from .connection import Connection
     from .exchange import Exchange
     from .reader import Reader
     from .server import FastHTTPServer
@@ -63,17 +64,19 @@ class ParserSink:
 
     httptools keeps the callables it finds on its protocol object. Handing every parser the same
     pre-bound methods (instead of a connection's own) saves eight bound-method objects per
-    connection; `reader` says which connection's Reader the current feed_data call belongs to
-    (set before each call; callbacks run only inside one, on a message it began).
+    connection; `conn` and `reader` say which connection (and its Reader) the current
+    feed_data call belongs to (set before each call; callbacks run only inside one, on a
+    message it began).
     What a callback learns goes into the connection's exchanges; of the server it reads only
     max_header_size, once.
     """
 
-    __slots__ = ("reader", "exchange", "small_read", "max_header_size", "names", "methods",
+    __slots__ = ("conn", "reader", "exchange", "small_read", "max_header_size", "names", "methods",
                  "on_message_begin", "on_url",
                  "on_header", "on_headers_complete", "on_body", "on_message_complete",
                  "on_chunk_header")
 
+    conn: Connection
     reader: Reader
 
     def __init__(self, server: FastHTTPServer, exchange: type[Exchange]) -> None:
@@ -91,17 +94,16 @@ class ParserSink:
         self.on_message_complete = self._message_complete
         self.on_chunk_header = self._chunk_header
 
-    def release(self, reader: Reader) -> None:
+    def release(self, conn: Connection) -> None:
         """The connection is gone: the sink keeps no reference to it."""
-        if getattr(self, "reader", None) is reader:
-            del self.reader
+        if getattr(self, "conn", None) is conn:
+            del self.conn, self.reader
 
     def _begin(self) -> None:
         # a new message: its exchange exists from its first byte, so a method split across
         # reads (or one llhttp refuses) belongs to a known request
-        reader = self.reader
-        conn = reader.conn
-        ex = reader.parsing = self.exchange(conn)
+        conn = self.conn
+        ex = self.reader.parsing = self.exchange(conn)
         if conn.current is None:
             conn.current = ex
         else:
@@ -209,7 +211,7 @@ class ParserSink:
         ex.body_bytes += len(data)
         ex.parsed += len(data)
         if ex.body_bytes > BODY_PAUSE_BYTES:
-            reader.conn.flow.pause_reading()
+            self.conn.flow.pause_reading()
 
     def _chunk_header(self) -> None:
         ex = self.reader.parsing

@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 
 
 class Reader:
-    """The parser of one connection, what it is filling in, and what it counts across reads."""
+    """The parser of one connection, what it is filling in, and what it counts across reads.
 
-    __slots__ = ("conn", "sink", "parser", "parsing", "completed", "heads", "head_fed",
+    It keeps no reference to its connection (which owns it): each call is given it, so closing
+    a connection leaves no reference cycle for the garbage collector.
+    """
+
+    __slots__ = ("sink", "parser", "parsing", "completed", "heads", "head_fed",
                  "head_slack", "method_override", "pending")
 
-    def __init__(self, conn: Connection, sink: ParserSink) -> None:
-        self.conn = conn
+    def __init__(self, sink: ParserSink) -> None:
         self.sink = sink
         self.parser: httptools.HttpRequestParser | None = None
         self.parsing: Exchange | None = None  # the request the parser is filling in
@@ -46,26 +49,27 @@ class Reader:
         """The connection is open: a parser for its first request."""
         self.parser = new_parser(self.sink)
 
-    def stop(self) -> None:
+    def stop(self, conn: Connection) -> None:
         """Parse nothing more: the connection closed, or a stream took it over."""
         self.parser = None
         self.parsing = None
-        self.sink.release(self)
+        self.sink.release(conn)
 
-    def parse(self, data: bytes | bytearray | memoryview) -> None:
+    def parse(self, conn: Connection, data: bytes | bytearray | memoryview) -> None:
         """Run the parser over data; its callbacks fill in this connection's exchanges."""
         pending = self.pending
         if pending is not None:
             self.pending = None
             data = pending + bytes(data)
-        again = self.parse_once(data)
+        again = self.parse_once(conn, data)
         while again is not None:
-            again = self.parse_once(again)
+            again = self.parse_once(conn, again)
 
-    def parse_once(self, data: bytes | bytearray | memoryview) -> bytes | None:
+    def parse_once(self, conn: Connection, data: bytes | bytearray | memoryview) -> bytes | None:
         """Feed data once; returns input to feed again (a request under a method llhttp knows)."""
         sink = self.sink
-        sink.reader = self  # left set afterwards: cleared when the connection goes
+        sink.conn = conn  # left set afterwards: cleared when the connection goes
+        sink.reader = self
         sink.small_read = self.head_fed + self.head_slack + len(data) <= sink.max_header_size
         parser = self.parser
         assert parser is not None  # None only once the connection is closed or detached
@@ -76,31 +80,30 @@ class Reader:
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            conn = self.conn
             conn.tail = bytearray(data[exc.args[0]:])
             conn.flow.pause_reading()
         except httptools.HttpParserInvalidMethodError as exc:
             try:
-                again = self.unknown_method(data, first, parsed, self.completed - completed)
+                again = self.unknown_method(conn, data, first, parsed, self.completed - completed)
             except Reject as refusal:
-                self.refuse_parsing(refusal.status, refusal.detail)
+                self.refuse_parsing(conn, refusal.status, refusal.detail)
             else:
                 if again is None and self.pending is None:
-                    self.parse_error(exc, data)
+                    self.parse_error(conn, exc, data)
         except httptools.HttpParserError as exc:
-            self.parse_error(exc, data)
+            self.parse_error(conn, exc, data)
         if first is not None and first.chunked and first is self.parsing:
             # a chunked body all through this read: its framing must stay near its data's size
             first.overhead += len(data) - (first.parsed - parsed)
             if parsing.chunk_overhead_exceeded(first) and first.error is None:
                 first.error = (400, "chunked body framing far larger than its data "
                                     "(chunk extensions?)")
-                self.conn.discard_input()
+                conn.discard_input()
         ex = self.parsing
         if ex is not None and not ex.head_done and ex.error is None:
             if ex.url is None and again is None:
                 self.keep_method_start(data, first, parsed, self.completed - completed)
-            self.conn.timers.head_started(self.conn)  # header_timeout runs from a head's first read
+            conn.timers.head_started(conn)  # header_timeout runs from a head's first read
             # llhttp has no size limit of its own: count the reads spent inside one head
             if completed == self.completed and heads == self.heads:
                 self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
@@ -108,7 +111,7 @@ class Reader:
                 if self.head_fed > limit:
                     violation = rules.head_too_large(limit)
                     ex.error = (violation.status, violation.detail)
-                    self.conn.discard_input()
+                    conn.discard_input()
             else:
                 # the head began somewhere in this read: up to all of it may be the head's
                 self.head_fed = 0
@@ -117,7 +120,7 @@ class Reader:
             self.head_fed = self.head_slack = 0
         return again
 
-    def unknown_method(self, data: bytes | bytearray | memoryview, first: Exchange | None,
+    def unknown_method(self, conn: Connection, data: bytes | bytearray | memoryview, first: Exchange | None,
                        parsed: int, done: int) -> bytes | None:
         """A method llhttp does not know: the request again under one it does, keeping its own.
 
@@ -138,7 +141,7 @@ class Reader:
         aligned, done = found
         start = parsing.message_start(aligned, done)
         split = parsing.split_method(aligned, start)
-        self.drop_exchange(ex)
+        self.drop_exchange(conn, ex)
         self.parser = new_parser(self.sink)
         if split is None:
             self.pending = bytes(aligned[start:])  # the method continues in the next read
@@ -180,9 +183,8 @@ class Reader:
             start = parsing.message_start(*found)
             ex.method_prefix = bytes(found[0][start:start + parsing.MAX_METHOD_LENGTH + 1])
 
-    def drop_exchange(self, ex: Exchange) -> None:
+    def drop_exchange(self, conn: Connection, ex: Exchange) -> None:
         """Forget an exchange whose message will be parsed again."""
-        conn = self.conn
         if conn.current is ex:
             conn.current = None
         elif conn.queue is not None and ex in conn.queue:
@@ -192,26 +194,25 @@ class Reader:
         if self.parsing is ex:
             self.parsing = None
 
-    def parse_error(self, exc: httptools.HttpParserError,
+    def parse_error(self, conn: Connection, exc: httptools.HttpParserError,
                     data: bytes | bytearray | memoryview = b"") -> None:
         """The parser refused the input: the request it was reading gets an error response."""
         context = exc.__context__
         if isinstance(context, Reject):
-            self.refuse_parsing(context.status, context.detail)
+            self.refuse_parsing(conn, context.status, context.detail)
         elif isinstance(exc, httptools.HttpParserCallbackError) and context is not None:
             app_log.error("HTTP parser callback failed",
                           exc_info=(type(context), context, context.__traceback__))
-            self.refuse_parsing(500, "internal error")
+            self.refuse_parsing(conn, 500, "internal error")
         else:
-            self.refuse_parsing(400, parsing.describe(exc, data))
+            self.refuse_parsing(conn, 400, parsing.describe(exc, data))
 
-    def refuse_parsing(self, status: int, detail: str) -> None:
+    def refuse_parsing(self, conn: Connection, status: int, detail: str) -> None:
         """The request being parsed is refused with this status; nothing more is parsed."""
         self.method_override = None
         self.pending = None
         ex = self.parsing
         if ex is None:
-            conn = self.conn
             ex = Exchange(conn)
             if conn.current is None:
                 conn.current = ex
@@ -221,5 +222,5 @@ class Reader:
                 conn.queue.append(ex)
         ex.error = (status, detail)
         self.parsing = None
-        self.conn.discard_input()
+        conn.discard_input()
 
