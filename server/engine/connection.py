@@ -382,7 +382,7 @@ class Connection(asyncio.Protocol):
         """The application finished its response; close or go on with the next request."""
         server = self.server
         stage = ex.stage
-        if (stage is HANDLER and ex.keep_alive and self.queue is None and not ex.upgrade
+        if (self.queue is None and stage is HANDLER and ex.keep_alive and not ex.upgrade
                 and not server.draining):
             # the common case first: the connection waits for its next request
             ex.delegate = None

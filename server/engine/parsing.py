@@ -71,13 +71,14 @@ class ParserSink:
     max_header_size, once.
     """
 
-    __slots__ = ("conn", "reader", "exchange", "small_read", "max_header_size", "names", "methods",
+    __slots__ = ("conn", "reader", "ex", "exchange", "small_read", "max_header_size", "names", "methods",
                  "on_message_begin", "on_url",
                  "on_header", "on_headers_complete", "on_body", "on_message_complete",
                  "on_chunk_header")
 
     conn: Connection
     reader: Reader
+    ex: Exchange  # the exchange being filled in: the reader's `parsing`, without its None
 
     def __init__(self, server: FastHTTPServer, exchange: type[Exchange]) -> None:
         self.exchange = exchange
@@ -98,12 +99,14 @@ class ParserSink:
         """The connection is gone: the sink keeps no reference to it."""
         if getattr(self, "conn", None) is conn:
             del self.conn, self.reader
+            if hasattr(self, "ex"):
+                del self.ex
 
     def _begin(self) -> None:
         # a new message: its exchange exists from its first byte, so a method split across
         # reads (or one llhttp refuses) belongs to a known request
         conn = self.conn
-        ex = self.reader.parsing = self.exchange(conn)
+        ex = self.ex = self.reader.parsing = self.exchange(conn)
         if conn.current is None:
             conn.current = ex
         else:
@@ -115,16 +118,14 @@ class ParserSink:
             conn.flow.pause_reading()
 
     def _url(self, url: bytes) -> None:
-        ex = self.reader.parsing
-        assert ex is not None  # inside a message: _begin set it
+        ex = self.ex
         if ex.url is None:
             ex.url = url
         else:
             ex.url += url  # the rest of a target split across reads
 
     def _header(self, name: bytes, value: bytes) -> None:
-        ex = self.reader.parsing
-        assert ex is not None
+        ex = self.ex
         if ex.head_done:
             return  # a trailer after a chunked body: nothing in Tornado reads them
         normal = self.names.get(name)
@@ -142,9 +143,8 @@ class ParserSink:
 
     def _headers_complete(self) -> None:
         reader = self.reader
-        ex = reader.parsing
+        ex = self.ex
         parser = reader.parser
-        assert ex is not None and parser is not None
         reader.heads += 1
         method = reader.method_override
         if method is not None:
@@ -201,9 +201,7 @@ class ParserSink:
                 ex.keep_alive = "keep-alive" in tokens
 
     def _body(self, data: bytes) -> None:
-        reader = self.reader
-        ex = reader.parsing
-        assert ex is not None
+        ex = self.ex
         if ex.body is None:
             ex.body = [data]
         else:
@@ -214,15 +212,12 @@ class ParserSink:
             self.conn.flow.pause_reading()
 
     def _chunk_header(self) -> None:
-        ex = self.reader.parsing
-        assert ex is not None
+        ex = self.ex
         ex.chunks += 1
 
     def _message_complete(self) -> None:
+        self.ex.complete = True
         reader = self.reader
-        ex = reader.parsing
-        assert ex is not None
-        ex.complete = True
         reader.parsing = None
         reader.completed += 1
 

@@ -33,9 +33,10 @@ class Reader:
     __slots__ = ("sink", "parser", "parsing", "completed", "heads", "head_fed",
                  "head_slack", "method_override", "pending")
 
+    parser: httptools.HttpRequestParser  # set by start(), gone after stop()
+
     def __init__(self, sink: ParserSink) -> None:
         self.sink = sink
-        self.parser: httptools.HttpRequestParser | None = None
         self.parsing: Exchange | None = None  # the request the parser is filling in
         self.completed = 0  # messages parsed to their end
         self.heads = 0  # request heads parsed
@@ -51,7 +52,8 @@ class Reader:
 
     def stop(self, conn: Connection) -> None:
         """Parse nothing more: the connection closed, or a stream took it over."""
-        self.parser = None
+        if hasattr(self, "parser"):
+            del self.parser  # freed now, not when the handlers let go of the connection
         self.parsing = None
         self.sink.release(conn)
 
@@ -72,10 +74,13 @@ class Reader:
         sink.reader = self
         sink.small_read = self.head_fed + self.head_slack + len(data) <= sink.max_header_size
         parser = self.parser
-        assert parser is not None  # None only once the connection is closed or detached
         completed, heads = self.completed, self.heads
         first = self.parsing  # a message that began in an earlier read (None: data begins one)
-        parsed = first.parsed if first is not None else 0
+        if first is not None:
+            sink.ex = first  # the callbacks go on filling it in
+            parsed = first.parsed
+        else:
+            parsed = 0
         again = None
         try:
             parser.feed_data(data)
