@@ -1,12 +1,15 @@
 """One HTTP/1.1 connection: an asyncio Protocol that parses with llhttp and serves Tornado delegates.
 
 Every request on a connection is an Exchange (exchange.py), the `tornado.httputil.HTTPConnection`
-the Application's delegate (and so every RequestHandler) writes its response to. The parser runs
-ahead of the application (pipelining, bodies arriving while a handler is busy); what it has parsed
-waits in the exchanges, and the connection stops reading from the socket until the application
-catches up (flow.py), so a client can never make us buffer more than about one read's worth.
-Its deadlines are the server's, armed through Timers (timers.py); a connection that parses no
-more input lingers (linger.py).
+the Application's delegate (and so every RequestHandler) writes its response to. The parser (a
+Reader, reader.py) runs ahead of the application (pipelining, bodies arriving while a handler is
+busy); what it has parsed waits in the exchanges, and the connection stops reading from the
+socket until the application catches up (FlowControl, flow.py), so a client can never make us
+buffer more than about one read's worth. Writes go through Output (output.py), which holds the
+answers to pipelined requests to send them together; deadlines are the server's, armed through
+Timers (timers.py); a connection that parses no more input lingers (Linger, linger.py). What is
+left here is the part that needs all of them: routing input, moving the current request through
+its stages, the queue of pipelined requests, refusals and closing.
 """
 from __future__ import annotations
 
