@@ -99,8 +99,9 @@ class ParserSink:
         """The connection is gone: the sink keeps no reference to it."""
         if getattr(self, "conn", None) is conn:
             del self.conn, self.reader
-            if hasattr(self, "ex"):
-                del self.ex
+        ex = getattr(self, "ex", None)
+        if ex is not None and ex.conn is conn:  # (it may outlive its feed: a read without a message)
+            del self.ex
 
     def _begin(self) -> None:
         # a new message: its exchange exists from its first byte, so a method split across
