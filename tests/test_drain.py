@@ -13,9 +13,9 @@ import threading
 
 import pytest
 import tornado.web
-from helpers import RawClient, get
 
 from bench import techempower
+from helpers import RawClient, get
 from server.config import Settings
 from server.lifecycle import bind, bound_port, make_http_server
 

@@ -1,259 +1,78 @@
 """One HTTP/1.1 connection: an asyncio Protocol that parses with llhttp and serves Tornado delegates.
 
-Every request on a connection is an Exchange, which is the `tornado.httputil.HTTPConnection` the
-Application's delegate (and so every RequestHandler) writes its response to. The parser runs ahead
-of the application (pipelining, bodies arriving while a handler is busy); what it has parsed waits
-in the exchanges, and the connection stops reading from the socket until the application catches
-up, so a client can never make us buffer more than about one read's worth.
+Every request on a connection is an Exchange (exchange.py), the `tornado.httputil.HTTPConnection`
+the Application's delegate (and so every RequestHandler) writes its response to. The parser (a
+Reader, reader.py) runs ahead of the application (pipelining, bodies arriving while a handler is
+busy); what it has parsed waits in the exchanges, and the connection stops reading from the
+socket until the application catches up (FlowControl, flow.py), so a client can never make us
+buffer more than about one read's worth. Writes go through Output (output.py), which holds the
+answers to pipelined requests to send them together; deadlines are the server's, armed through
+Timers (timers.py); a connection that parses no more input lingers (Linger, linger.py). What is
+left here is the part that needs all of them: routing input, moving the current request through
+its stages, the queue of pipelined requests, refusals and closing.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import httptools
 from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from .. import rules
-from ..compat import header_lists, release_transport
-from ..http1policy import LINGER_MAX_BYTES, LINGER_SECONDS, refusal_from_head
+from ..compat import release_transport
+from ..http1policy import refusal_from_head
 from ..refusals import Refusal
-from . import parsing
 from .delegates import ProxyContext
-from .parsing import BODY_PAUSE_BYTES, ParserSink, Reject, new_parser
+from .exchange import BODY, HANDLER, HEAD, Exchange, Stage
+from .flow import FlowControl
+from .linger import Linger
+from .output import HOLD_BYTES, HOLD_MAX, Output
+from .parsing import BODY_PAUSE_BYTES
+from .reader import Reader
 from .stream import DetachedStream
 
 if TYPE_CHECKING:
     from .server import FastHTTPServer
 
-# Exchange stages: waiting for (or holding) the request head; delivering the body to the
-# delegate; body complete and the handler is producing the response.
-HEAD, BODY, HANDLER = 0, 1, 2
+__all__ = ["Connection", "Exchange", "Stage", "TLSSocket", "FEED_SLICE", "MAX_PIPELINED", "HOLD_MAX",
+           "HOLD_BYTES"]
 
 # Reads longer than this are parsed a slice at a time; once this many pipelined requests wait,
 # the rest of the read stays unparsed until they are answered.
 FEED_SLICE = 16 * 1024
 MAX_PIPELINED = 16
-HOLD_MAX = 32  # whole pipelined responses held for one write at the most (Connection.send)
-HOLD_BYTES = 16384  # ... each of at most this size
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
-
-
-class Exchange(httputil.HTTPConnection):
-    """One request and its response: the HTTPConnection that Tornado's delegates write to."""
-
-    # Fields every request sets live in slots; the rest are class-level defaults that a request
-    # overrides (in its instance dict) only when it has a body, an error, a custom limit, ...
-    __slots__ = ("conn", "delegate", "start_line", "headers", "url", "head_done", "complete",
-                 "stage", "keep_alive", "remaining", "started", "finished", "close_callback")
-
-    body: list[Any] | None = None  # parsed body pieces not yet given to the delegate
-    body_bytes = 0  # their size
-    received = 0  # body bytes given to the delegate so far
-    parsed = 0  # body bytes parsed so far
-    length: int | None = None  # Content-Length
-    chunked = False  # Transfer-Encoding: chunked
-    chunks = 0  # chunks parsed so far, and the bytes of their framing (sizes, extensions, CRLF)
-    overhead = 0
-    proxy: ProxyContext | None = None  # xheaders: what the proxy in front says
-    method_prefix: bytes | None = None  # the start of a method split across reads
-    waiting: "asyncio.Future[Any] | None" = None  # the delegate's pending future (flow control)
-    upgrade = False
-    error: tuple[int, str] | None = None  # (status, detail) the request is refused with
-    chunking = False
-    max_body_size: int | None = None  # None: the server's
-    body_timeout: float | None = None  # None: the server's
-    detached = False
-
-    def __init__(self, conn: "Connection") -> None:
-        self.conn = conn
-        self.delegate: httputil.HTTPMessageDelegate | None = None
-        self.start_line: httputil.RequestStartLine | None = None
-        self.headers: Any = {}  # {name: [values]} while parsing, then an HTTPHeaders
-        self.url: bytes | None = None
-        self.head_done = False
-        self.complete = False
-        self.stage = HEAD
-        self.keep_alive = False
-        self.remaining: int | None = None
-        self.started = False
-        self.finished = False
-        self.close_callback: Callable[[], None] | None = None
-
-    def body_limit(self) -> int:
-        """The body size limit of this request."""
-        limit = self.max_body_size
-        return self.conn.server.max_body_size if limit is None else limit
-
-    # --- what HTTPServerRequest and handlers read ---
-
-    @property
-    def context(self) -> Any:
-        """remote_ip, protocol and address, like Tornado's _HTTPRequestContext (xheaders applied)."""
-        return self.proxy or self.conn
-
-    @property
-    def stream(self) -> "Connection":
-        """The connection as a stream: raw write(), close(), closed(), socket, set_nodelay().
-
-        Like ``request.connection.stream`` in Tornado: bytes written here bypass the HTTP
-        framing (an application that answers this way owns the rest of the connection and
-        should close it when done).
-        """
-        return self.conn
-
-    # --- HTTPConnection ---
-
-    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
-        """Called if the connection closes while the response is still being produced."""
-        self.close_callback = callback
-
-    def set_body_timeout(self, timeout: float) -> None:
-        """Override the body timeout for this request (before its body is read)."""
-        self.body_timeout = timeout
-
-    def set_max_body_size(self, max_body_size: int) -> None:
-        """Override the body size limit for this request (before its body is read)."""
-        self.max_body_size = max_body_size
-
-    def detach(self) -> DetachedStream:
-        """Take over the connection (WebSocket): returns an IOStream-like stream, HTTP stops."""
-        self.detached = True
-        self.close_callback = None
-        return self.conn.detach(self)
-
-    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
-                      chunk: bytes | None = None) -> "asyncio.Future[None]":
-        """Write the status line and headers (and a first chunk of the body)."""
-        conn = self.conn
-        transport = conn.transport
-        if transport is None or conn.closing:
-            return conn.closed_future()
-        request = self.start_line
-        method = request[0]
-        http11 = request[2] == "HTTP/1.1"
-        code = start_line[1]
-        self.started = True
-        as_list = header_lists(headers)  # {name: [values]}, read only
-        length = as_list.get("Content-Length")
-        if length is not None or "Transfer-Encoding" in as_list:
-            problem = rules.response_framing_problem(as_list)
-            if problem:
-                conn.abort()  # nothing of this response can be framed right: the client sees a close
-                raise httputil.HTTPOutputError(problem)
-            if length is None and not http11:
-                del headers["Transfer-Encoding"]  # an HTTP/1.0 body ends with the connection
-                as_list.pop("Transfer-Encoding", None)
-        if method == "HEAD" or code == 304:
-            self.remaining = 0
-        elif length is not None:
-            self.remaining = int(length[0])
-        keep_alive = self.keep_alive and self.stage == HANDLER and not conn.server.draining
-        if length is None and code >= 200 and code != 204 and code != 304 and method != "HEAD":
-            if http11:
-                self.chunking = True
-                headers["Transfer-Encoding"] = "chunked"
-                as_list["Transfer-Encoding"] = ["chunked"]
-            else:
-                keep_alive = False  # HTTP/1.0 without a length: the body ends when we close
-        if keep_alive and "Connection" in as_list and as_list["Connection"][0].lower() == "close":
-            keep_alive = False  # the application asked to close (e.g. while draining)
-        if not keep_alive:
-            self.keep_alive = False
-            if http11 and code != 101:
-                headers["Connection"] = "close"
-                as_list["Connection"] = ["close"]
-        elif not http11:
-            headers["Connection"] = "Keep-Alive"
-            as_list["Connection"] = ["Keep-Alive"]
-        lines = [f"{name}: {value}\r\n" for name, values in as_list.items() for value in values]
-        text = f"HTTP/1.1 {code} {start_line[2]}\r\n{''.join(lines)}\r\n"
-        count = len(lines) + 2
-        if text.count("\n") != count or text.count("\r") != count:
-            raise ValueError(f"Illegal characters (CR or LF) in header: {text!r}")
-        data = text.encode("latin-1")
-        if chunk:
-            if self.remaining is None and not self.chunking:
-                data += chunk
-            else:
-                data += self._frame(chunk)
-        # a whole response with pipelined requests queued after it: held, to go out with theirs
-        conn.send(data, hold=conn.queue is not None and self.remaining == 0
-                  and len(data) <= HOLD_BYTES)
-        return conn.server.done if not conn.write_paused else conn.write_future()
-
-    def write(self, chunk: bytes) -> "asyncio.Future[None]":
-        """Write a piece of the body (chunk-framed when the response is chunked)."""
-        conn = self.conn
-        if conn.transport is None or conn.closing:
-            return conn.closed_future()
-        if chunk:
-            conn.send(self._frame(chunk))
-        return conn.write_future()
-
-    def _frame(self, chunk: bytes) -> bytes:
-        if self.remaining is not None:
-            self.remaining -= len(chunk)
-            if self.remaining < 0:
-                self.conn.abort()  # stop the framing error from reaching the client
-                raise httputil.HTTPOutputError("Tried to write more data than Content-Length")
-        if self.chunking and chunk:
-            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        return chunk
-
-    def finish(self) -> None:
-        """The response is complete: end the chunked body and move on to the next request."""
-        conn = self.conn
-        open_ = conn.transport is not None and not conn.closing
-        if self.remaining and open_:
-            conn.abort()
-            raise httputil.HTTPOutputError(
-                "Tried to write %d bytes less than Content-Length" % self.remaining)
-        if self.chunking and open_:
-            conn.send(b"0\r\n\r\n")
-        self.finished = True
-        if conn.current is self and not self.detached:
-            conn.response_done(self)
 
 
 class Connection(asyncio.Protocol):
     """The asyncio protocol of one client connection; also the request context handlers see."""
 
-    __slots__ = ("server", "transport", "parser", "remote_ip", "protocol", "address", "current",
-                 "parsing", "queue", "completed", "heads", "head_fed", "head_slack", "paused",
-                 "write_paused", "waiters", "tail", "backlog", "stream", "closing", "discard",
-                 "linger", "method_override", "pending", "held")
+    __slots__ = ("server", "timers", "flow", "reader", "transport", "remote_ip", "protocol",
+                 "address", "current", "queue", "tail", "backlog", "stream", "closing", "linger",
+                 "output")
 
-    def __init__(self, server: "FastHTTPServer") -> None:
+    def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
+        self.timers = server.timers
+        loop, done = server.loop, server.done
+        assert loop is not None and done is not None  # a server serves once bound to its loop
+        self.flow = FlowControl(loop, done)
+        self.output = Output()
+        self.reader = Reader(server.sink)
         self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpRequestParser | None = None
         self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
         self.protocol = server.protocol
         self.address: Any = None
         self.current: Exchange | None = None  # the request being answered
-        self.parsing: Exchange | None = None  # the request the parser is filling in
         self.queue: list[Exchange] | None = None  # pipelined requests after current
-        self.completed = 0
-        self.heads = 0
-        self.head_fed = 0  # bytes of the current, incomplete head read so far (at least)
-        self.head_slack = 0  # ... plus at most this many
-        self.paused = False
-        self.write_paused = False
-        self.waiters: list[asyncio.Future[None]] | None = None
         self.tail: bytearray | None = None  # input after an upgrade request's head
         self.backlog: bytes | None = None  # input not parsed yet because requests are queued
         self.stream: DetachedStream | None = None
         self.closing = False
-        self.discard = -1  # >= 0 while lingering: bytes of input thrown away so far
-        self.linger: asyncio.TimerHandle | None = None
-        # a method llhttp does not know, for the request re-fed under a known one
-        self.method_override: str | None = None
-        self.pending: bytes | None = None  # input to parse before the next read's
-        self.held: list[bytes] | None = None  # whole responses not written yet (see send)
+        self.linger: Linger | None = None  # set once no more input is parsed (see linger.py)
 
     def __str__(self) -> str:
         return self.remote_ip
@@ -262,12 +81,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: note its address, start a parser, start the idle timer."""
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.flow.transport = self.output.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.address = peer
         if isinstance(peer, tuple) and peer:
             self.remote_ip = peer[0]
-        self.parser = new_parser(self.server.sink)
+        self.reader.start()
         self.server.connection_made(self)
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -275,10 +94,12 @@ class Connection(asyncio.Protocol):
         if self.stream is not None:
             self.stream.feed(data)
             return
-        if self.discard >= 0 or self.closing:
-            self.discard += len(data)
-            if self.discard > LINGER_MAX_BYTES:
+        linger = self.linger
+        if linger is not None:
+            if linger.discard(len(data)):
                 self.abort()
+            return
+        if self.closing:
             return
         if self.tail is not None:
             self.tail += data
@@ -288,10 +109,10 @@ class Connection(asyncio.Protocol):
             return
         self.feed(data)
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse input and let the application act on what is complete."""
         if len(data) <= FEED_SLICE:
-            self.parse(data)
+            self.reader.parse(self, data)
         else:
             # A read can hold thousands of tiny pipelined requests, each far bigger once parsed:
             # parse a slice at a time and keep the rest raw once enough requests are waiting.
@@ -302,147 +123,15 @@ class Connection(asyncio.Protocol):
                 if self.tail is not None:
                     self.tail += view[pos:]
                     break
-                if self.discard >= 0 or self.closing:
+                if self.linger is not None or self.closing:
                     break
                 if self.queue is not None and len(self.queue) >= MAX_PIPELINED:
                     self.backlog = bytes(view[pos:])
-                    self.pause_reading()
+                    self.flow.pause_reading()
                     break
-                self.parse(view[pos:pos + FEED_SLICE])
+                self.reader.parse(self, view[pos:pos + FEED_SLICE])
                 pos += FEED_SLICE
         self.advance()
-
-    def parse(self, data: bytes | bytearray | memoryview) -> None:
-        """Run the parser over data; its callbacks fill in this connection's exchanges."""
-        if self.pending is not None:
-            data, self.pending = self.pending + bytes(data), None
-        while data is not None:
-            data = self.parse_once(data)
-
-    def parse_once(self, data: bytes | bytearray | memoryview) -> bytes | None:
-        """Feed data once; returns input to feed again (a request under a method llhttp knows)."""
-        sink = self.server.sink
-        sink.conn = self  # left set afterwards: cleared when the connection goes
-        sink.small_read = self.head_fed + self.head_slack + len(data) <= self.server.max_header_size
-        completed, heads = self.completed, self.heads
-        first = self.parsing  # a message that began in an earlier read (None: data begins one)
-        parsed = first.parsed if first is not None else 0
-        again = None
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.tail = bytearray(data[exc.args[0]:])
-            self.pause_reading()
-        except httptools.HttpParserInvalidMethodError as exc:
-            try:
-                again = self.unknown_method(data, first, parsed, self.completed - completed)
-            except Reject as refusal:
-                self.refuse_parsing(refusal.status, refusal.detail)
-            else:
-                if again is None and self.pending is None:
-                    self.parse_error(exc, data)
-        except httptools.HttpParserError as exc:
-            self.parse_error(exc, data)
-        if first is not None and first.chunked and first is self.parsing:
-            # a chunked body all through this read: its framing must stay near its data's size
-            first.overhead += len(data) - (first.parsed - parsed)
-            if parsing.chunk_overhead_exceeded(first) and first.error is None:
-                first.error = (400, "chunked body framing far larger than its data "
-                                    "(chunk extensions?)")
-                self.discard_input()
-        ex = self.parsing
-        if ex is not None and not ex.head_done and ex.error is None:
-            if ex.url is None and again is None:
-                self.keep_method_start(data, first, parsed, self.completed - completed)
-            self.server.head_started(self)  # header_timeout runs from a head's first read
-            # llhttp has no size limit of its own: count the reads spent inside one head
-            if completed == self.completed and heads == self.heads:
-                self.head_fed += len(data)  # all of it belongs to the head (bar blank lines)
-                limit = self.server.max_header_size
-                if self.head_fed > limit:
-                    violation = rules.head_too_large(limit)
-                    ex.error = (violation.status, violation.detail)
-                    self.discard_input()
-            else:
-                # the head began somewhere in this read: up to all of it may be the head's
-                self.head_fed = 0
-                self.head_slack = len(data)
-        elif self.head_fed or self.head_slack:
-            self.head_fed = self.head_slack = 0
-        return again
-
-    def unknown_method(self, data: bytes | bytearray | memoryview, first: Exchange | None,
-                       parsed: int, done: int) -> bytes | None:
-        """A method llhttp does not know: the request again under one it does, keeping its own.
-
-        RFC 9110 9.1 makes any token a method (Tornado answers an unimplemented one with 405).
-        The input from the failed message on is returned to be fed to a fresh parser with its
-        method replaced by GET, and the real method is put back into the start line. Finding where
-        that message starts needs input that begins at a message boundary: data does, or does
-        once the start of its first message (a method split across reads, kept; or the rest of a
-        Content-Length body) is accounted for. None when it cannot be found (refused as before)
-        or the method is not complete yet (kept as pending input).
-        """
-        ex = self.parsing
-        if ex is None or ex.url is not None:
-            return None  # not a method problem (llhttp uses this error for "GET\r\n" too)
-        found = self.aligned(data, first, parsed, done)
-        if found is None:
-            return None
-        aligned, done = found
-        start = parsing.message_start(aligned, done)
-        split = parsing.split_method(aligned, start)
-        self.drop_exchange(ex)
-        self.parser = new_parser(self.server.sink)
-        if split is None:
-            self.pending = bytes(aligned[start:])  # the method continues in the next read
-            return None
-        method, rest = split
-        self.method_override = method.decode("ascii")
-        return parsing.KNOWN_METHOD + bytes(aligned[rest:])
-
-    @staticmethod
-    def aligned(data: bytes | bytearray | memoryview, first: Exchange | None, parsed: int,
-                done: int) -> tuple[bytes | bytearray | memoryview, int] | None:
-        """data from a message boundary on and the messages complete in it; None if unknown.
-
-        ``first`` was being parsed when data arrived (``parsed`` of its body bytes by then) and
-        ``done`` messages completed in data: a split method's start is prepended, the rest of a
-        Content-Length body skipped. The end of a head or of a chunked body cannot be found.
-        """
-        if first is None:
-            return data, done
-        if first.url is None:
-            if first.method_prefix is None:
-                return None
-            return first.method_prefix + bytes(data), done
-        if first.head_done and first.length is not None and not first.chunked and done:
-            return data[first.length - parsed:], done - 1
-        return None
-
-    def keep_method_start(self, data: bytes | bytearray | memoryview, first: Exchange | None,
-                          parsed: int, done: int) -> None:
-        """A read ended inside a request's method: keep its start, should llhttp not know it."""
-        ex = self.parsing
-        if ex is first:
-            if ex.method_prefix is not None:
-                ex.method_prefix += bytes(data)
-            return
-        found = self.aligned(data, first, parsed, done)
-        if found is not None:
-            start = parsing.message_start(*found)
-            ex.method_prefix = bytes(found[0][start:start + parsing.MAX_METHOD_LENGTH + 1])
-
-    def drop_exchange(self, ex: Exchange) -> None:
-        """Forget an exchange whose message will be parsed again."""
-        if self.current is ex:
-            self.current = None
-        elif self.queue is not None and ex in self.queue:
-            self.queue.remove(ex)
-            if not self.queue:
-                self.queue = None
-        if self.parsing is ex:
-            self.parsing = None
 
     def eof_received(self) -> bool | None:
         """The client closed its side."""
@@ -451,41 +140,42 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The transport's buffer is over its high-water mark: writes now wait."""
-        self.write_paused = True
-        self.server.write_stalled(self)  # send_timeout: it must drain, or the connection goes
+        self.flow.pause_writing()
+        self.timers.write_stalled(self)  # send_timeout: it must drain, or the connection goes
 
     def resume_writing(self) -> None:
         """The transport drained: wake the writers, serve a request held back."""
-        self.write_paused = False
-        self.server.write_flowing(self)
-        waiters = self.waiters
-        if waiters:
-            self.waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        if self.current is not None and self.current.stage == HEAD:
+        self.flow.resume_writing()
+        self.timers.write_flowing(self)
+        if self.current is not None and self.current.stage is HEAD:
             self.advance()
+
+    @property
+    def heads(self) -> int:
+        """Request heads parsed so far (the header_timeout sweep reads it)."""
+        return self.reader.heads
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the transport holds more than its high-water mark (the send sweep reads it)."""
+        return self.flow.writing_paused
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: tell whoever was using it, drop references."""
         server = self.server
         server.connection_lost(self)
-        if server.sink.conn is self:
-            server.sink.conn = None
         self.closing = True
         release_transport(self.transport)
-        self.transport = None
-        self.parser = None
+        self.transport = self.output.transport = None
+        self.reader.stop(self)
         if self.linger is not None:
             self.linger.cancel()
-            self.linger = None
         ex = self.current
-        self.current = self.parsing = self.queue = None
+        self.current = self.queue = None
         if ex is not None and ex.delegate is not None and not ex.detached:
             delegate = ex.delegate
             ex.delegate = None
-            if ex.stage != HANDLER:
+            if ex.stage is not HANDLER:
                 # the delegate was still receiving the request: it hears it will not complete
                 try:
                     delegate.on_connection_close()
@@ -499,13 +189,7 @@ class Connection(asyncio.Protocol):
                     callback()
                 except Exception:
                     app_log.error("Uncaught exception", exc_info=True)
-        waiters = self.waiters
-        if waiters:
-            self.waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(StreamClosedError(real_error=exc))
-                    waiter.exception()
+        self.flow.lost(exc)
         if self.stream is not None:
             self.stream.connection_lost(exc)
 
@@ -516,14 +200,17 @@ class Connection(asyncio.Protocol):
         ex = self.current
         while ex is not None and ex.waiting is None and not self.closing:
             stage = ex.stage
-            if stage == HEAD:
+            if stage is HEAD:
                 if ex.error is not None:
                     self.fail(ex)
                     return
-                if not ex.head_done or self.write_paused:
+                if not ex.head_done:
+                    return
+                if self.flow.writing_paused:
+                    self.timers.head_arrived(self)  # the idle timer stops; send_timeout runs
                     return
                 self.dispatch(ex)
-            elif stage == BODY:
+            elif stage is BODY:
                 if ex.body is not None:
                     self.deliver(ex)
                 elif ex.error is not None:
@@ -542,14 +229,16 @@ class Connection(asyncio.Protocol):
         """The head is complete: hand it to a new delegate of the Application."""
         server = self.server
         ex.stage = BODY
-        server.busy.add(self)
+        server.request_started(self)  # busy; the idle/head timer stops
         if server.xheaders:
             ex.proxy = ProxyContext(self, ex.headers, server.trusted_hosts)
         if server.no_keep_alive:
             ex.keep_alive = False
+        start_line = ex.start_line
+        assert start_line is not None  # set with head_done
         try:
             delegate = ex.delegate = server.start_request(self, ex)
-            result = delegate.headers_received(ex.start_line, ex.headers)
+            result = delegate.headers_received(start_line, ex.headers)
         except httputil.HTTPInputError as exc:
             ex.error = (400, str(exc))
             self.fail(ex)
@@ -571,7 +260,7 @@ class Connection(asyncio.Protocol):
         if ex.length is not None or not ex.complete:
             self.body_starts(ex)
 
-    def _headers_settled(self, future: "asyncio.Future[Any]") -> None:
+    def _headers_settled(self, future: asyncio.Future[Any]) -> None:
         ex = self.current
         if ex is None or ex.waiting is not future or self.closing:
             return
@@ -580,12 +269,13 @@ class Connection(asyncio.Protocol):
             self.body_starts(ex)
             self.advance()
 
-    def _settled_ok(self, future: "asyncio.Future[Any]") -> bool:
+    def _settled_ok(self, future: asyncio.Future[Any]) -> bool:
         exc = None if future.cancelled() else future.exception()
         if exc is None:
             return True
         if isinstance(exc, httputil.HTTPInputError):
             ex = self.current
+            assert ex is not None  # a settled future of the current request
             ex.error = (400, str(exc))
             self.fail(ex)
         else:
@@ -605,12 +295,13 @@ class Connection(asyncio.Protocol):
         if not ex.complete:
             if (not ex.finished and ex.body is None
                     and ex.headers.get("Expect", "").lower() == "100-continue"):
-                self.send(CONTINUE)
+                self.output.send(CONTINUE)
             timeout = ex.body_timeout
             if timeout is None:
                 timeout = self.server.body_timeout
             if timeout:
-                self.server.body_started(self, timeout)
+                ex.body_timer = True
+                self.timers.body_started(self, timeout)
 
     def deliver(self, ex: Exchange) -> None:
         """Pass the body parsed so far to the delegate: coalesced, in pieces of at most chunk_size.
@@ -619,6 +310,7 @@ class Connection(asyncio.Protocol):
         future) holds back the next until it is done, as Tornado's flow control does.
         """
         chunks = ex.body
+        assert chunks is not None  # advance() delivers only a body it holds
         size = ex.body_bytes
         if ex.received + size > ex.body_limit():
             ex.body = None
@@ -637,14 +329,16 @@ class Connection(asyncio.Protocol):
             if type(data) is not bytes:
                 data = bytes(data)
         ex.received += len(data)
-        if self.paused:
+        if self.flow.reading_paused:
             self.maybe_resume()
         if ex.finished:
             ex.body = None
             ex.body_bytes = 0
             return  # the response went out early; the rest of the body is not wanted
+        delegate = ex.delegate
+        assert delegate is not None  # set by dispatch(), dropped once the response is done
         try:
-            result = ex.delegate.data_received(data)
+            result = delegate.data_received(data)
         except httputil.HTTPInputError as exc:
             ex.body = None
             ex.error = (400, str(exc))
@@ -661,7 +355,7 @@ class Connection(asyncio.Protocol):
             elif not self._settled_ok(future):
                 ex.body = None
 
-    def _body_settled(self, future: "asyncio.Future[Any]") -> None:
+    def _body_settled(self, future: asyncio.Future[Any]) -> None:
         ex = self.current
         if ex is None or ex.waiting is not future or self.closing:
             return
@@ -672,12 +366,14 @@ class Connection(asyncio.Protocol):
     def read_done(self, ex: Exchange) -> None:
         """The whole request is in: let the delegate run the handler."""
         ex.stage = HANDLER
-        if self.server.reading_body:
-            self.server.body_ended(self)
+        if ex.body_timer:
+            self.timers.body_ended(self)
         if ex.finished:
             return
+        delegate = ex.delegate
+        assert delegate is not None
         try:
-            ex.delegate.finish()
+            delegate.finish()
         except httputil.HTTPInputError as exc:
             ex.error = (400, str(exc))
             ex.stage = BODY  # so that the delegate also hears the connection close
@@ -689,8 +385,21 @@ class Connection(asyncio.Protocol):
     def response_done(self, ex: Exchange) -> None:
         """The application finished its response; close or go on with the next request."""
         server = self.server
-        server.busy.discard(self)
-        if ex.stage != HANDLER:
+        stage = ex.stage
+        if (self.queue is None and stage is HANDLER and ex.keep_alive and not ex.upgrade
+                and not server.draining):
+            # the common case first: the connection waits for its next request
+            ex.delegate = None
+            ex.close_callback = None
+            self.current = None
+            server.request_done(self, True)  # not busy; the idle timer starts
+            if self.backlog is not None:
+                self.flow.loop.call_soon(self.next_request)
+            elif self.flow.reading_paused:
+                self.maybe_resume()
+            return
+        server.request_done(self)
+        if stage is not HANDLER:
             # answered before the request was fully read: the rest of it is in the way
             self.close_transport(linger=True)
             return
@@ -699,25 +408,17 @@ class Connection(asyncio.Protocol):
         if ex.upgrade:
             self.current = None
             # detach() may follow right after finish() (WebSocket): decide on the next tick
-            server.loop.call_soon(self.after_upgrade, ex.keep_alive)
-            return
-        if not ex.keep_alive or server.draining:
-            self.current = None
-            self.close_transport(linger=self.queue is not None or self.parsing is not None)
+            self.flow.loop.call_soon(self.after_upgrade, ex.keep_alive)
             return
         queue = self.queue
-        if queue is not None:
-            self.current = queue.pop(0)
-            if not queue:
-                self.queue = None
-            server.loop.call_soon(self.next_request)
+        if not ex.keep_alive or server.draining or queue is None:
+            self.current = None
+            self.close_transport(linger=queue is not None or self.reader.parsing is not None)
             return
-        self.current = None
-        server.idle(self)
-        if self.backlog is not None:
-            server.loop.call_soon(self.next_request)
-        elif self.paused:
-            self.maybe_resume()
+        self.current = queue.pop(0)
+        if not queue:
+            self.queue = None
+        self.flow.loop.call_soon(self.next_request)
 
     def next_request(self) -> None:
         """Serve a pipelined request once the previous response is out."""
@@ -725,54 +426,24 @@ class Connection(asyncio.Protocol):
             return
         ex = self.current
         if ex is not None and not ex.head_done:
-            self.server.idle(self)
+            self.timers.idle(self)
         backlog = self.backlog
         if backlog is not None and (self.queue is None or len(self.queue) < MAX_PIPELINED // 2):
             self.backlog = None
             self.feed(backlog)  # advances too
         else:
             self.advance()
-        if self.held is not None and self.current is not None:
+        if self.output.held is not None and self.current is not None:
             # runs after the first step of the handler just started: still unanswered by then
             # (it waits on something), the responses before it go out now
-            self.server.loop.call_soon(self.release_held, self.current)
-        if self.paused:
+            self.flow.loop.call_soon(self.release_held, self.current)
+        if self.flow.reading_paused:
             self.maybe_resume()
-
-    def send(self, data: bytes, hold: bool = False) -> None:
-        """Write to the transport, or hold ``data`` (a whole response) while requests are queued.
-
-        Pipelined requests answered in a row (TFB's plaintext: 16 at a time) go out in one
-        write, not one system call each. Held output goes out with the next write that is not
-        held, when the connection closes or detaches, when held responses reach HOLD_MAX, and
-        when a queued request's handler does not answer in its first step (release_held).
-        """
-        held = self.held
-        if hold:
-            if held is None:
-                self.held = [data]
-                return
-            if len(held) < HOLD_MAX:
-                held.append(data)
-                return
-        if held is not None:
-            self.held = None
-            held.append(data)
-            data = b"".join(held)
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def flush_held(self) -> None:
-        """Write the held responses now."""
-        held = self.held
-        if held is not None:
-            self.held = None
-            if self.transport is not None:
-                self.transport.write(b"".join(held))
 
     def release_held(self, ex: Exchange) -> None:
         """The handler of ``ex`` is still at work: what is held goes out without waiting for it."""
         if self.current is ex and not ex.finished:
-            self.flush_held()
+            self.output.flush()
 
     def after_upgrade(self, keep_alive: bool) -> None:
         """An upgrade request was answered without taking over the connection: back to HTTP."""
@@ -783,47 +454,18 @@ class Connection(asyncio.Protocol):
             return
         tail = self.tail
         self.tail = None
-        self.server.idle(self)
+        self.timers.idle(self)
         self.maybe_resume()
         if tail:
             self.feed(tail)
 
     # --- refusing requests ---
 
-    def parse_error(self, exc: httptools.HttpParserError,
-                    data: bytes | bytearray | memoryview = b"") -> None:
-        """The parser refused the input: the request it was reading gets an error response."""
-        context = exc.__context__
-        if isinstance(context, Reject):
-            self.refuse_parsing(context.status, context.detail)
-        elif isinstance(exc, httptools.HttpParserCallbackError) and context is not None:
-            app_log.error("HTTP parser callback failed",
-                          exc_info=(type(context), context, context.__traceback__))
-            self.refuse_parsing(500, "internal error")
-        else:
-            self.refuse_parsing(400, parsing.describe(exc, data))
-
-    def refuse_parsing(self, status: int, detail: str) -> None:
-        """The request being parsed is refused with this status; nothing more is parsed."""
-        self.method_override = None
-        self.pending = None
-        ex = self.parsing
-        if ex is None:
-            ex = Exchange(self)
-            if self.current is None:
-                self.current = ex
-            elif self.queue is None:
-                self.queue = [ex]
-            else:
-                self.queue.append(ex)
-        ex.error = (status, detail)
-        self.parsing = None
-        self.discard_input()
-
     def discard_input(self) -> None:
         """Parse nothing more on this connection (it closes after the error response)."""
-        self.discard = 0
-        self.pause_reading()
+        if self.linger is None:
+            self.linger = Linger()
+        self.flow.pause_reading()
 
     def fail(self, ex: Exchange) -> None:
         """Answer the current request with its error status (unless a response started) and close.
@@ -831,8 +473,9 @@ class Connection(asyncio.Protocol):
         The refusal is logged as Tornado logs a malformed message (its words where it has them,
         see parsing.describe), rendered and recorded by the server's RefusalHandler.
         """
+        assert ex.error is not None
         status, detail = ex.error
-        self.server.busy.discard(self)
+        self.server.request_done(self)
         if status == 408:
             gen_log.info("Timeout reading body from %s", self)
         elif status == 431:
@@ -841,7 +484,7 @@ class Connection(asyncio.Protocol):
             gen_log.info("Malformed HTTP message from %s: %s", self, detail)
         if not ex.started and self.transport is not None:
             ex.started = True
-            self.send(self.server.refuse(self.refusal(ex, status, detail)))
+            self.output.send(self.server.refuse(self.refusal(ex, status, detail)))
         self.close_transport(linger=True)
 
     def refusal(self, ex: Exchange, status: int, detail: str) -> Refusal:
@@ -854,6 +497,7 @@ class Connection(asyncio.Protocol):
 
     def reject_too_large(self, ex: Exchange) -> None:
         """413 from the head, before reading the body (the client may be waiting for 100 Continue)."""
+        assert ex.length is not None  # refused for its Content-Length
         violation = rules.too_large(ex.length, ex.body_limit())
         ex.error = (violation.status, violation.detail)
         ex.finished = True
@@ -872,104 +516,68 @@ class Connection(asyncio.Protocol):
 
     # --- flow control ---
 
-    def pause_reading(self) -> None:
-        """Stop reading from the socket (a no-op when already paused)."""
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
     def maybe_resume(self) -> None:
         """Read again once nothing we hold is waiting on the application."""
-        if (not self.paused or self.transport is None or self.tail is not None
-                or self.backlog is not None):
+        if (not self.flow.reading_paused or self.tail is not None or self.backlog is not None):
             return
-        if self.discard < 0:
+        if self.linger is None:
             if self.queue is not None:
                 return
             ex = self.current
             if ex is not None and ex.body_bytes > BODY_PAUSE_BYTES:
                 return
-        self.paused = False
-        self.transport.resume_reading()
-
-    def pause_for_stream(self) -> None:
-        """The detached stream's buffer is full."""
-        self.pause_reading()
-
-    def resume_for_stream(self) -> None:
-        """The detached stream wants more input."""
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-
-    def write_future(self) -> "asyncio.Future[None]":
-        """A future for a write: resolved now, or when the transport drains below its low mark."""
-        if not self.write_paused:
-            return self.server.done
-        waiter = self.server.loop.create_future()
-        if self.waiters is None:
-            self.waiters = [waiter]
-        else:
-            self.waiters.append(waiter)
-        return waiter
-
-    def closed_future(self) -> "asyncio.Future[None]":
-        """A future failed with StreamClosedError, for writes after the connection closed."""
-        future = self.server.loop.create_future()
-        future.set_exception(StreamClosedError())
-        future.exception()  # the caller may ignore it, as Tornado's HTTP1Connection allows
-        return future
+        self.flow.resume_reading()
 
     # --- closing ---
 
     def detach(self, ex: Exchange) -> DetachedStream:
         """Hand the connection over to a stream; HTTP processing stops here."""
-        self.flush_held()
+        self.output.flush()
         self.server.detached(self)
-        self.current = self.parsing = self.queue = None
-        self.parser = None
-        stream = self.stream = DetachedStream(self, self.transport)
+        self.current = self.queue = None
+        self.reader.stop(self)
+        transport = self.transport
+        assert transport is not None  # detach() is called from a handler of an open connection
+        stream = self.stream = DetachedStream(self, self.flow, transport)
         tail = self.tail
         self.tail = None
         if tail:
             stream.feed(tail)
-        self.resume_for_stream()
+        self.flow.resume_reading()
         return stream
 
     def close_transport(self, linger: bool = False) -> None:
         """Close after the buffered output is sent; with linger, drain input briefly first."""
         if self.closing or self.transport is None:
             return
-        self.flush_held()
+        self.output.flush()
         self.closing = True
-        self.server.closing(self)
+        self.timers.closing(self)
         transport = self.transport
-        loop = self.server.loop
         if linger and transport.can_write_eof():
             try:
                 transport.write_eof()
             except OSError:  # reset by the peer while reading was paused (nothing noticed it)
                 transport.abort()
                 return
-            self.discard = max(self.discard, 0)
+            if self.linger is None:
+                self.linger = Linger()
+            self.linger.start(self.flow.loop, self.abort)
             self.tail = None
-            self.linger = loop.call_later(LINGER_SECONDS, self.abort)
-            if self.paused:
-                self.paused = False
-                transport.resume_reading()
+            self.flow.resume_reading()
             return
         transport.close()
         if transport.get_write_buffer_size():
             # a client that never reads must not hold the socket forever (send_timeout)
-            self.server.write_stalled(self)
+            self.timers.write_stalled(self)
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
         transport = self.transport
         if transport is not None:
-            self.flush_held()  # the answers before this one were complete
+            self.output.flush()  # the answers before this one were complete
             self.closing = True
-            self.server.closing(self)
+            self.timers.closing(self)
             transport.abort()
 
     # --- the stream-ish view handlers get as request.connection.stream ---
@@ -992,7 +600,7 @@ class Connection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         return sock if ssl_object is None else TLSSocket(sock, ssl_object)
 
-    def write(self, data: bytes | memoryview) -> "asyncio.Future[None]":
+    def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
         """Write raw bytes (``request.connection.stream.write``): no HTTP framing is added.
 
         The application then answers by itself; the future resolves as any write's does.
@@ -1001,8 +609,8 @@ class Connection(asyncio.Protocol):
             raise StreamClosedError()
         if self.current is not None:
             self.current.started = True  # no refusal may be written over it
-        self.send(data)
-        return self.write_future()
+        self.output.send(data)
+        return self.flow.write_future()
 
     def set_nodelay(self, value: bool) -> None:
         """asyncio and uvloop set TCP_NODELAY already; kept for interface compatibility."""

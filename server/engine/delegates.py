@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING, Any
 
 from tornado import httputil, netutil
 from tornado.util import GzipDecompressor
 
 if TYPE_CHECKING:
-    from .connection import Connection, Exchange
+    from .connection import Connection
+    from .exchange import Exchange
 
 
 class CallableDelegate(httputil.HTTPMessageDelegate):
@@ -32,7 +34,7 @@ class CallableDelegate(httputil.HTTPMessageDelegate):
     @classmethod
     def starter(cls, callback: Callable[[httputil.HTTPServerRequest], Any]) -> Callable[..., Any]:
         """A start_request(server_conn, request_conn) that serves every request with callback."""
-        def start(server_conn: object, request_conn: httputil.HTTPConnection) -> "CallableDelegate":
+        def start(server_conn: object, request_conn: httputil.HTTPConnection) -> CallableDelegate:
             return cls(callback, request_conn)
         return start
 
@@ -68,7 +70,7 @@ class GzipDelegate(httputil.HTTPMessageDelegate):
 
     __slots__ = ("delegate", "exchange", "decompressor", "size")
 
-    def __init__(self, delegate: httputil.HTTPMessageDelegate, exchange: "Exchange") -> None:
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, exchange: Exchange) -> None:
         self.delegate = delegate
         self.exchange = exchange
         self.decompressor: GzipDecompressor | None = None
@@ -136,12 +138,14 @@ class ProxyContext:
 
     __slots__ = ("conn", "remote_ip", "protocol")
 
-    def __init__(self, conn: "Connection", headers: httputil.HTTPHeaders,
-                 trusted_downstream: set[str]) -> None:
+    def __init__(self, conn: Connection, headers: httputil.HTTPHeaders,
+                 trusted_downstream: Collection[str] | None) -> None:
         self.conn = conn
+        trusted = trusted_downstream or ()
         ip = headers.get("X-Forwarded-For", conn.remote_ip)
-        for ip in (hop.strip() for hop in reversed(ip.split(","))):
-            if ip not in trusted_downstream:
+        for hop in reversed(ip.split(",")):
+            ip = hop.strip()
+            if ip not in trusted:
                 break
         ip = headers.get("X-Real-Ip", ip)
         self.remote_ip = ip if netutil.is_valid_ip(ip) else conn.remote_ip

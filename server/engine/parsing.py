@@ -11,7 +11,7 @@ it, so logs read the same on both engines).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 from tornado import httputil
@@ -21,7 +21,9 @@ from ..compat import make_headers
 from ..rules import Violation
 
 if TYPE_CHECKING:
-    from .connection import Connection, Exchange
+    from .connection import Connection
+    from .exchange import Exchange
+    from .reader import Reader
     from .server import FastHTTPServer
 
 # Header-name spellings remembered per server (bounded: names are client-chosen).
@@ -46,7 +48,7 @@ _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*([^\r\n]*)")
 _TRANSFER_ENCODING = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 
 
-def new_parser(sink: "ParserSink") -> httptools.HttpRequestParser:
+def new_parser(sink: ParserSink) -> httptools.HttpRequestParser:
     """An llhttp request parser for one connection (minor versions checked by us, not llhttp)."""
     parser = httptools.HttpRequestParser(sink)
     parser.set_dangerous_leniencies(lenient_version=True)
@@ -62,23 +64,29 @@ class ParserSink:
 
     httptools keeps the callables it finds on its protocol object. Handing every parser the same
     pre-bound methods (instead of a connection's own) saves eight bound-method objects per
-    connection; `conn` says which connection the current feed_data call belongs to.
+    connection; `conn` and `reader` say which connection (and its Reader) the current
+    feed_data call belongs to (set before each call; callbacks run only inside one, on a
+    message it began).
+    What a callback learns goes into the connection's exchanges; of the server it reads only
+    max_header_size, once.
     """
 
-    __slots__ = ("conn", "exchange", "small_read", "server", "names", "methods", "waiting_head",
+    __slots__ = ("conn", "reader", "ex", "exchange", "small_read", "max_header_size", "names", "methods",
                  "on_message_begin", "on_url",
                  "on_header", "on_headers_complete", "on_body", "on_message_complete",
                  "on_chunk_header")
 
-    def __init__(self, server: "FastHTTPServer", exchange: type["Exchange"]) -> None:
-        self.conn: Connection | None = None
+    conn: Connection
+    reader: Reader
+    ex: Exchange  # the exchange being filled in: the reader's `parsing`, without its None
+
+    def __init__(self, server: FastHTTPServer, exchange: type[Exchange]) -> None:
         self.exchange = exchange
         # True while the bytes fed so far to the current head cannot exceed max_header_size
         self.small_read = True
-        self.server = server
+        self.max_header_size: int = server.max_header_size
         self.names: dict[bytes, str] = {}
         self.methods: dict[bytes, str] = {}
-        self.waiting_head = server.waiting_head
         self.on_message_begin = self._begin
         self.on_url = self._url
         self.on_header = self._header
@@ -87,11 +95,19 @@ class ParserSink:
         self.on_message_complete = self._message_complete
         self.on_chunk_header = self._chunk_header
 
+    def release(self, conn: Connection) -> None:
+        """The connection is gone: the sink keeps no reference to it."""
+        if getattr(self, "conn", None) is conn:
+            del self.conn, self.reader
+        ex = getattr(self, "ex", None)
+        if ex is not None and ex.conn is conn:  # (it may outlive its feed: a read without a message)
+            del self.ex
+
     def _begin(self) -> None:
         # a new message: its exchange exists from its first byte, so a method split across
         # reads (or one llhttp refuses) belongs to a known request
         conn = self.conn
-        ex = conn.parsing = self.exchange(conn)
+        ex = self.ex = self.reader.parsing = self.exchange(conn)
         if conn.current is None:
             conn.current = ex
         else:
@@ -100,17 +116,17 @@ class ParserSink:
                 conn.queue = [ex]
             else:
                 conn.queue.append(ex)
-            conn.pause_reading()
+            conn.flow.pause_reading()
 
     def _url(self, url: bytes) -> None:
-        ex = self.conn.parsing
+        ex = self.ex
         if ex.url is None:
             ex.url = url
         else:
             ex.url += url  # the rest of a target split across reads
 
     def _header(self, name: bytes, value: bytes) -> None:
-        ex = self.conn.parsing
+        ex = self.ex
         if ex.head_done:
             return  # a trailer after a chunked body: nothing in Tornado reads them
         normal = self.names.get(name)
@@ -127,12 +143,13 @@ class ParserSink:
             values.append(value.decode("latin-1"))
 
     def _headers_complete(self) -> None:
-        conn = self.conn
-        ex = conn.parsing
-        parser = conn.parser
-        conn.heads += 1
-        if conn.method_override is not None:
-            method, conn.method_override = conn.method_override, None
+        reader = self.reader
+        ex = self.ex
+        parser = reader.parser
+        reader.heads += 1
+        method = reader.method_override
+        if method is not None:
+            reader.method_override = None
         else:
             raw_method = parser.get_method()
             method = self.methods.get(raw_method)
@@ -149,7 +166,7 @@ class ParserSink:
         if not self.small_read:
             # this head may be larger than the limit: measure it (close enough: line ends and
             # separators counted as 4 bytes a line)
-            limit = self.server.max_header_size
+            limit = self.max_header_size
             size = len(url) + len(method) + 12 + sum(
                 len(name) + len(value) + 4 for name, values in as_list.items() for value in values)
             if size > limit:
@@ -183,12 +200,9 @@ class ParserSink:
                 ex.keep_alive = "close" not in tokens
             else:
                 ex.keep_alive = "keep-alive" in tokens
-        if ex is conn.current:
-            self.waiting_head.pop(conn, None)  # the head timer stops
 
     def _body(self, data: bytes) -> None:
-        conn = self.conn
-        ex = conn.parsing
+        ex = self.ex
         if ex.body is None:
             ex.body = [data]
         else:
@@ -196,16 +210,17 @@ class ParserSink:
         ex.body_bytes += len(data)
         ex.parsed += len(data)
         if ex.body_bytes > BODY_PAUSE_BYTES:
-            conn.pause_reading()
+            self.conn.flow.pause_reading()
 
     def _chunk_header(self) -> None:
-        self.conn.parsing.chunks += 1
+        ex = self.ex
+        ex.chunks += 1
 
     def _message_complete(self) -> None:
-        conn = self.conn
-        conn.parsing.complete = True
-        conn.parsing = None
-        conn.completed += 1
+        self.ex.complete = True
+        reader = self.reader
+        reader.parsing = None
+        reader.completed += 1
 
 
 def message_start(data: bytes | bytearray | memoryview, messages: int) -> int:
@@ -322,6 +337,6 @@ def _header_problem(data: bytes | bytearray | memoryview) -> str | None:
     return None
 
 
-def chunk_overhead_exceeded(ex: Any) -> bool:
+def chunk_overhead_exceeded(ex: Exchange) -> bool:
     """True when a chunked body's framing has grown past what its data justifies."""
     return ex.overhead > CHUNK_OVERHEAD_SLACK + 16 * ex.chunks + 2 * ex.parsed

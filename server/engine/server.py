@@ -22,6 +22,7 @@ from .delegates import CallableDelegate, GzipDelegate
 from .limits import ConnectionCap, RateLimitedLog, reset_on_close, sweep_period
 from .listeners import Listeners
 from .parsing import ParserSink
+from .timers import Timers
 
 log = logging.getLogger("server.http")
 
@@ -205,6 +206,7 @@ class FastHTTPServer(HTTPServer):
         # bytes buffered: less left to send is progress
         self.send_timer: Deadlines[Connection] = Deadlines(self.send_timeout, ordered=False)
         self.sink = ParserSink(self, Exchange)
+        self.timers = Timers(self)  # what a connection may tell the sweep below
         self._tick = sweep_period(self.idle_timeout, self.body_timeout, self.header_timeout,
                                   self.send_timeout)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -395,6 +397,19 @@ class FastHTTPServer(HTTPServer):
         self.reading_body.pop(conn, None)
         self.head_timer.disarm(conn)
         self.send_timer.disarm(conn)
+
+    def request_started(self, conn: Connection) -> None:
+        """A complete request head goes to the application: busy, and the idle/head timer stops."""
+        self.busy.add(conn)
+        self.waiting_head.pop(conn, None)
+
+    def request_done(self, conn: Connection, idle: bool = False) -> None:
+        """Its response is out (or it was refused): not busy; with idle, the idle timer starts."""
+        self.busy.discard(conn)
+        if idle:  # self.idle(conn), inlined: this runs once a request
+            waiting = self.waiting_head
+            waiting.pop(conn, None)
+            waiting[conn] = monotonic() + self.idle_timeout
 
     def head_started(self, conn: Connection) -> None:
         """Part of a request head arrived: unless its timer runs already, header_timeout starts."""

@@ -5,13 +5,15 @@ import asyncio
 import re
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tornado import ioloop
 from tornado.iostream import StreamClosedError, UnsatisfiableReadError
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .flow import FlowControl
 
 # Unread input above this pauses the socket (when no read is waiting for more), so a peer that
 # sends faster than the application reads cannot grow our buffer without limit.
@@ -28,15 +30,16 @@ class DetachedStream:
     mark (like IOStream's, which resolve once the data is handed to the kernel).
     """
 
-    __slots__ = ("_conn", "_loop", "_transport", "_buffer", "_read_future", "_read_kind",
+    __slots__ = ("_conn", "_flow", "_loop", "_transport", "_buffer", "_read_future", "_read_kind",
                  "_read_arg", "_read_max", "_close_callback", "_closed", "io_loop", "socket",
                  "error", "max_buffer_size")
 
-    def __init__(self, conn: "Connection", transport: asyncio.Transport,
+    def __init__(self, conn: Connection, flow: FlowControl, transport: asyncio.Transport,
                  max_buffer_size: int = 100 * 1024 * 1024) -> None:
-        self._conn = conn
+        self._conn = conn  # closed through it (its timers stop, the server forgets it)
+        self._flow = flow  # reads paused and resumed, write futures
         self._transport = transport
-        self._loop = conn.server.loop
+        self._loop = flow.loop
         self._buffer = bytearray()
         self._read_future: asyncio.Future[bytes] | None = None
         self._read_kind = _BYTES
@@ -51,19 +54,19 @@ class DetachedStream:
 
     # --- reading ---
 
-    def read_bytes(self, num_bytes: int, partial: bool = False) -> "asyncio.Future[bytes]":
+    def read_bytes(self, num_bytes: int, partial: bool = False) -> asyncio.Future[bytes]:
         """Read exactly num_bytes (or, with partial, whatever is there, at most num_bytes)."""
         return self._start_read(_BYTES, (num_bytes, partial), None)
 
-    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> "asyncio.Future[bytes]":
+    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> asyncio.Future[bytes]:
         """Read up to and including delimiter."""
         return self._start_read(_UNTIL, delimiter, max_bytes)
 
-    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> "asyncio.Future[bytes]":
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> asyncio.Future[bytes]:
         """Read up to and including the first match of regex."""
         return self._start_read(_REGEX, re.compile(regex), max_bytes)
 
-    def read_until_close(self) -> "asyncio.Future[bytes]":
+    def read_until_close(self) -> asyncio.Future[bytes]:
         """Read everything until the peer closes."""
         return self._start_read(_CLOSE, None, None)
 
@@ -71,7 +74,7 @@ class DetachedStream:
         """True while a read is waiting for data."""
         return self._read_future is not None
 
-    def _start_read(self, kind: int, arg: Any, max_bytes: int | None) -> "asyncio.Future[bytes]":
+    def _start_read(self, kind: int, arg: Any, max_bytes: int | None) -> asyncio.Future[bytes]:
         if self._read_future is not None:
             raise AssertionError("Already reading")
         future: asyncio.Future[bytes] = self._loop.create_future()
@@ -83,7 +86,7 @@ class DetachedStream:
                 self._fail_read()
             else:
                 # a read that needs more input must get it even if the buffer is over the mark
-                self._conn.resume_for_stream()
+                self._flow.resume_reading()
         return future
 
     def _try_read(self) -> None:
@@ -123,7 +126,7 @@ class DetachedStream:
         if not future.done():
             future.set_result(data)
         if len(buffer) < READ_HIGH_WATER:
-            self._conn.resume_for_stream()
+            self._flow.resume_reading()
 
     def _fail_read(self) -> None:
         future = self._read_future
@@ -138,22 +141,22 @@ class DetachedStream:
             future.set_exception(StreamClosedError(real_error=self.error))
             future.exception()  # nobody may be waiting; don't log "exception never retrieved"
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Input from the connection (called by the protocol)."""
         self._buffer += data
         if self._read_future is not None:
             self._try_read()
         if len(self._buffer) >= READ_HIGH_WATER and self._read_future is None:
-            self._conn.pause_for_stream()
+            self._flow.pause_reading()
 
     # --- writing ---
 
-    def write(self, data: bytes | memoryview) -> "asyncio.Future[None]":
+    def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
         """Queue data on the transport; the future resolves when the transport is not congested."""
         if self._closed:
             raise StreamClosedError(real_error=self.error)
         self._transport.write(data)
-        return self._conn.write_future()
+        return self._flow.write_future()
 
     def writing(self) -> bool:
         """True while written data is still buffered."""
