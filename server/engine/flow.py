@@ -43,12 +43,7 @@ class FlowControl:
     def resume_writing(self) -> None:
         """The transport drained: wake the writers."""
         self.writing_paused = False
-        waiters = self.waiters
-        if waiters:
-            self.waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        self._settle_waiters(closed=False)
 
     def write_future(self) -> asyncio.Future[None]:
         """A future for a write: resolved now, or when the transport drains below its low mark."""
@@ -71,10 +66,21 @@ class FlowControl:
     def lost(self, exc: BaseException | None) -> None:
         """The connection is gone: no more reading or writing, waiting writers fail."""
         self.transport = None
+        self._settle_waiters(closed=True, exc=exc)
+
+    def _settle_waiters(self, closed: bool, exc: BaseException | None = None) -> None:
+        """Resolve every waiting writer: with None when the transport drained, or, when the
+        connection is gone, with a StreamClosedError of its own (marked retrieved: a writer may
+        have stopped listening)."""
         waiters = self.waiters
-        if waiters:
-            self.waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(StreamClosedError(real_error=exc))
-                    waiter.exception()
+        if not waiters:
+            return
+        self.waiters = None
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if closed:
+                waiter.set_exception(StreamClosedError(real_error=exc))
+                waiter.exception()
+            else:
+                waiter.set_result(None)
