@@ -33,6 +33,12 @@ LINGER_MAX_BYTES = 4 * 1024 * 1024
 LINGER_READ_SIZE = 65536
 
 
+def linger_exhausted(discarded: int) -> bool:
+    """True once a lingering connection has thrown away all the input it may (LINGER_MAX_BYTES):
+    the one test both engines' lingering applies before giving up on the client."""
+    return discarded >= LINGER_MAX_BYTES
+
+
 async def discard_input(read: Callable[[float], Awaitable[bytes]]) -> int:
     """Linger on a connection whose output is shut: read and drop input until the limits.
 
@@ -42,7 +48,7 @@ async def discard_input(read: Callable[[float], Awaitable[bytes]]) -> int:
     """
     deadline = monotonic() + LINGER_SECONDS
     discarded = 0
-    while discarded < LINGER_MAX_BYTES:
+    while not linger_exhausted(discarded):
         remaining = deadline - monotonic()
         if remaining <= 0:
             break
@@ -77,9 +83,8 @@ class Deadlines(Generic[K]):
     expired() stops at the first timer still running; a kind with timers of different lengths
     (``ordered=False``) is scanned whole. Optional marks say what a timer was armed for (a head
     count, how far output had got), so a sweep can tell that something moved (progress()) or
-    that a timer outlived what it was for. ``due`` is a plain dict: an engine's per-request path
-    may update it directly (pop; re-insert at the end with now + timeout), as arm/disarm do,
-    which saves a method call per request.
+    that a timer outlived what it was for. ``due`` may be read (a sweep's "any running?");
+    it is changed only through these methods.
     """
 
     __slots__ = ("timeout", "ordered", "due", "marks")
@@ -104,6 +109,12 @@ class Deadlines(Generic[K]):
         due[key] = now + (self.timeout if timeout is None else timeout)
         if mark is not None:
             self.marks[key] = mark
+
+    def restart(self, key: K, now: float) -> None:
+        """arm(key, now) for a kind with one timeout and no marks: the per-request path's call."""
+        due = self.due
+        due.pop(key, None)
+        due[key] = now + self.timeout
 
     def disarm(self, key: K) -> None:
         """Stop key's timer (no-op when it is not running)."""

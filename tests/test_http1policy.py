@@ -11,6 +11,7 @@ import tornado.web
 
 from server import http1policy
 from server.config import Settings
+from server.engine.linger import Linger
 from server.http1policy import LINGER_MAX_BYTES, LINGER_SECONDS, Deadlines, HTTPEngine
 from server.lifecycle import make_http_server
 
@@ -152,6 +153,15 @@ async def test_lingering_waits_at_most_the_linger_time_for_input():
         await http1policy.discard_input(client.read)
     assert len(client.timeouts) == 4
     assert all(0 < timeout <= LINGER_SECONDS for timeout in client.timeouts)
+
+
+def test_both_engines_linger_up_to_the_same_byte_count():
+    """The tornado engine's discard_input and the fast engine's Linger stop at the same count."""
+    linger = Linger()
+    assert not linger.discard(LINGER_MAX_BYTES - 1)
+    assert linger.discard(1)
+    assert not http1policy.linger_exhausted(LINGER_MAX_BYTES - 1)
+    assert http1policy.linger_exhausted(LINGER_MAX_BYTES)
 
 
 # --- draining ---

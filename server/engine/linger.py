@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import Callable
 
 # how long and how much: the rule both engines follow (server.http1policy)
-from ..http1policy import LINGER_MAX_BYTES, LINGER_SECONDS
+from ..http1policy import LINGER_SECONDS, linger_exhausted
 
 
 class Linger:
@@ -22,9 +22,9 @@ class Linger:
         self.timer: asyncio.TimerHandle | None = None
 
     def discard(self, size: int) -> bool:
-        """Throw away ``size`` bytes of input; True once more than the connection may send."""
+        """Throw away ``size`` bytes of input; True once it is all the connection may send."""
         self.discarded += size
-        return self.discarded > LINGER_MAX_BYTES
+        return linger_exhausted(self.discarded)
 
     def start(self, loop: asyncio.AbstractEventLoop, give_up: Callable[[], None]) -> None:
         """Our side is closed: ``give_up`` runs if the client has not closed its side in time."""
