@@ -192,13 +192,10 @@ class FastHTTPServer(HTTPServer):
         self._handshakes: set[asyncio.Task[None]] = set()
         # failed TLS handshakes, logged where and as Tornado's SSLIOStream logs them
         self.tls_errors = RateLimitedLog(logging.getLogger("tornado.general"))
-        # connections waiting for a request head (idle_timeout); its plain dict waiting_head is
-        # updated directly on the per-request path (idle, head_arrived, the parser)
+        # connections waiting for a request head (idle_timeout)
         self.idle_timer: Deadlines[Connection] = Deadlines(self.idle_timeout)
-        self.waiting_head = self.idle_timer.due
         # bodies being read (body_timeout, or a request's own): timers of different lengths
         self.body_timer: Deadlines[Connection] = Deadlines(None, ordered=False)
-        self.reading_body = self.body_timer.due
         # connections whose request head has begun (header_timeout), marked with conn.heads
         # then: a timer whose head has since completed is dropped when due
         self.head_timer: Deadlines[Connection] = Deadlines(self.header_timeout)
@@ -393,23 +390,21 @@ class FastHTTPServer(HTTPServer):
         self._connections.discard(conn)
         self._detached.discard(conn)
         self.busy.discard(conn)
-        self.waiting_head.pop(conn, None)
-        self.reading_body.pop(conn, None)
+        self.idle_timer.disarm(conn)
+        self.body_timer.disarm(conn)
         self.head_timer.disarm(conn)
         self.send_timer.disarm(conn)
 
     def request_started(self, conn: Connection) -> None:
         """A complete request head goes to the application: busy, and the idle/head timer stops."""
         self.busy.add(conn)
-        self.waiting_head.pop(conn, None)
+        self.idle_timer.disarm(conn)
 
     def request_done(self, conn: Connection, idle: bool = False) -> None:
         """Its response is out (or it was refused): not busy; with idle, the idle timer starts."""
         self.busy.discard(conn)
-        if idle:  # self.idle(conn), inlined: this runs once a request
-            waiting = self.waiting_head
-            waiting.pop(conn, None)
-            waiting[conn] = monotonic() + self.idle_timeout
+        if idle:
+            self.idle_timer.restart(conn, monotonic())
 
     def head_started(self, conn: Connection) -> None:
         """Part of a request head arrived: unless its timer runs already, header_timeout starts."""
@@ -433,14 +428,11 @@ class FastHTTPServer(HTTPServer):
 
     def idle(self, conn: Connection) -> None:
         """The connection now waits for a request head (the idle/head timer starts)."""
-        # idle_timer.arm(conn, monotonic()) written out: this runs for every request
-        waiting = self.waiting_head
-        waiting.pop(conn, None)  # re-inserting moves it to the end, keeping deadline order
-        waiting[conn] = monotonic() + self.idle_timeout
+        self.idle_timer.restart(conn, monotonic())
 
     def head_arrived(self, conn: Connection) -> None:
         """A complete request head arrived: the idle/head timer stops."""
-        self.waiting_head.pop(conn, None)
+        self.idle_timer.disarm(conn)
 
     def body_started(self, conn: Connection, timeout: float) -> None:
         """The body timer starts."""
@@ -448,14 +440,13 @@ class FastHTTPServer(HTTPServer):
 
     def body_ended(self, conn: Connection) -> None:
         """The body is complete: the body timer stops."""
-        if self.reading_body:
-            self.reading_body.pop(conn, None)
+        self.body_timer.disarm(conn)
 
     def closing(self, conn: Connection) -> None:
         """The connection is closing: no timers, not busy."""
         self.busy.discard(conn)
-        self.waiting_head.pop(conn, None)
-        self.reading_body.pop(conn, None)
+        self.idle_timer.disarm(conn)
+        self.body_timer.disarm(conn)
         self.head_timer.disarm(conn)
 
     def detached(self, conn: Connection) -> None:
@@ -479,7 +470,7 @@ class FastHTTPServer(HTTPServer):
         now = monotonic()
         for conn, _ in self.idle_timer.expired(now):
             conn.timed_out(reading_body=False)
-        if self.reading_body:
+        if self.body_timer.due:
             for conn, _ in self.body_timer.expired(now):
                 conn.timed_out(reading_body=True)
         if self.head_timer.due:
