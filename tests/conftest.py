@@ -22,7 +22,7 @@ from tornado.netutil import bind_sockets
 
 from bench.pgserver import PostgresServer, postgres_bin_dir
 from bench.ports import free_port
-from helpers import PROJECT_ROOT, TEST_ROUTES, Api, LiveServer, RawClient, RedisServer, require
+from helpers import PROJECT_ROOT, Api, LiveServer, RawClient, RedisServer, engine_test_routes, require
 from server.config import Settings
 from server.lifecycle import ServerRuntime
 
@@ -202,9 +202,15 @@ def http_port(http_server, _unused_port):
 
 
 @pytest.fixture
-def port(http_server, http_port):
-    """The in-process server's port, with tests/helpers.py's TEST_ROUTES added (the engine tests)."""
-    http_server.http.request_callback.add_handlers(r".*", TEST_ROUTES)
+def gate():
+    """The Event /engine-test/gate waits on (POST to it sets it)."""
+    return asyncio.Event()
+
+
+@pytest.fixture
+def port(http_server, http_port, gate):
+    """The in-process server's port, with tests/helpers.py's engine_test_routes added (the engine tests)."""
+    http_server.http.request_callback.add_handlers(r".*", engine_test_routes(gate))
     return http_port
 
 

@@ -290,11 +290,11 @@ class SlowHandler(tornado.web.RequestHandler):
     head = get
 
 
-GATE: dict = {}  # "event": the asyncio.Event of the running test's loop
-
-
 class GateHandler(tornado.web.RequestHandler):
-    """GET waits until the gate is opened (POST opens it)."""
+    """GET waits until the gate is opened (POST opens it); the gate is the test's own Event."""
+
+    def initialize(self, gate: asyncio.Event) -> None:
+        self.gate = gate
 
     def check_xsrf_cookie(self):
         """Raw test requests carry no XSRF token."""
@@ -302,12 +302,12 @@ class GateHandler(tornado.web.RequestHandler):
 
     async def get(self):
         """Answer once the gate is open."""
-        await GATE["event"].wait()
+        await self.gate.wait()
         self.write("through")
 
     def post(self):
         """Open the gate."""
-        GATE["event"].set()
+        self.gate.set()
         self.write("open")
 
 
@@ -337,14 +337,16 @@ class EchoWebSocket(tornado.websocket.WebSocketHandler):
         self.write_message(message, binary=isinstance(message, bytes))
 
 
-TEST_ROUTES = [
-    (r"/engine-test/streamed", StreamedHandler),
-    (r"/engine-test/upload", UploadHandler),
-    (r"/engine-test/slow", SlowHandler),
-    (r"/engine-test/context", ContextHandler),
-    (r"/engine-test/gate", GateHandler),
-    (r"/engine-test/ws", EchoWebSocket),
-]
+def engine_test_routes(gate: asyncio.Event) -> list:
+    """The engine tests' routes; /engine-test/gate waits on ``gate``."""
+    return [
+        (r"/engine-test/streamed", StreamedHandler),
+        (r"/engine-test/upload", UploadHandler),
+        (r"/engine-test/slow", SlowHandler),
+        (r"/engine-test/context", ContextHandler),
+        (r"/engine-test/gate", GateHandler, {"gate": gate}),
+        (r"/engine-test/ws", EchoWebSocket),
+    ]
 
 
 # --- the server as a subprocess, exactly as a user starts it ---

@@ -10,7 +10,7 @@ import json
 import pytest
 import tornado.websocket
 
-from helpers import GATE, get, wait_for_no_connections
+from helpers import get, wait_for_no_connections
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -64,7 +64,6 @@ async def test_many_pipelined_requests_arrive_whole_and_in_order(connect):
 
 
 async def test_answers_before_a_waiting_pipelined_request_are_not_held_back(connect):
-    GATE["event"] = asyncio.Event()
     client = await connect()
     client.send(get("/api/hello/a") + get("/api/hello/b") + get("/engine-test/gate")
                 + get("/api/hello/c"))
