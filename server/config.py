@@ -357,7 +357,8 @@ class Settings:
     db_url: str | None = setting(None, "database URL: sqlite+aiosqlite:///FILE or "
                                  "postgresql+asyncpg://USER:PASS@HOST/DB [default: SQLite in "
                                  "--data-dir]", parse_db_url, "data", "URL")
-    db_pool_size: int = setting(10, "database connections kept open", parse_positive_int, "data", "N")
+    db_pool_size: int = setting(10, "database connections one process opens at most (more requests "
+                                "wait for one, up to --db-timeout)", parse_positive_int, "data", "N")
     db_timeout: float = setting(5.0, "seconds to connect, to run one query, or to wait for a "
                                 "connection", parse_positive_seconds, "data", "SECONDS")
     db_startup_wait: float = setting(10.0, "seconds to keep retrying an unreachable database on "

@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncpg
 import pytest
 import tornado.httpclient
 import tornado.websocket
@@ -56,6 +57,7 @@ def test_writes_that_returned_201_survive_sigkill(live_server_factory, tmp_path,
 
 pytestmark_async = pytest.mark.gen_test(timeout=90)
 REDIS_POOL = 3  # --cache-pool-size of the Redis tests here
+DB_POOL = 2  # --db-pool-size of the database pool test here
 
 
 @pytest.fixture
@@ -65,7 +67,8 @@ def server_settings(request, server_settings):
         return server_settings.replace(cache_url=request.getfixturevalue("redis_url"),
                                        cache_pool_size=REDIS_POOL, post_rate=None)
     if "database" in request.node.name:
-        return server_settings.replace(db_url=request.getfixturevalue("postgres_url"))
+        return server_settings.replace(db_url=request.getfixturevalue("postgres_url"),
+                                       db_pool_size=DB_POOL, post_rate=None)
     return server_settings
 
 
@@ -141,6 +144,39 @@ async def test_redis_outage_answers_from_the_database_and_recovers(api, base_url
     conn.close()
     page = json_of(await api.get("/api/messages"))
     assert page["messages"][0]["text"] == "after redis is back"
+
+
+@pytestmark_async
+async def test_database_connections_stay_within_db_pool_size_under_a_burst(api, base_url,
+                                                                           server_settings):
+    database = server_settings.db_url.replace("postgresql+asyncpg://", "postgresql://")
+    observer = await asyncpg.connect(database)
+    opened = []
+    done = asyncio.Event()
+
+    async def count_connections():
+        """What PostgreSQL sees of the server: its open connections to this database."""
+        while not done.is_set():
+            opened.append(await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"))
+            await asyncio.sleep(0.005)
+
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=200)
+    burst = Api(client, base_url)
+    counting = asyncio.ensure_future(count_connections())
+    try:  # 200 at once, each needing a connection: posts, and reads of pages no cache holds
+        answers = await asyncio.gather(
+            *(burst.post("/api/messages", {"name": "B", "text": f"burst {i}"}) for i in range(100)),
+            *(burst.get(f"/api/messages?limit=5&before={i + 1}") for i in range(100)))
+    finally:
+        done.set()
+        await counting
+        client.close()
+        await observer.close()
+    assert sorted({a.code for a in answers}) == [200, 201]
+    assert max(opened) == DB_POOL, opened  # used to the full, and never past it
+    assert json_of(await api.get("/api/messages"))["count"] == 100
 
 
 @pytestmark_async

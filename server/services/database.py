@@ -92,17 +92,20 @@ class Database:
         self.metrics = metrics
         self.timeout = timeout
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # pool_size is the most connections a process opens (max_overflow=0): SQLAlchemy's
+        # default of 10 more would double what capacity planning counts on (PostgreSQL's
+        # max_connections), and its overflow connections, opened for a burst and closed after,
+        # would each cost SQLite a thread and a page cache rebuilt from cold. A request beyond
+        # the pool waits up to `timeout` for a connection.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 0,
+                                  "pool_timeout": timeout}
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": timeout}
-            kwargs["pool_size"] = pool_size
         else:
             kwargs["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
-            kwargs["pool_size"] = pool_size
-            kwargs["pool_timeout"] = timeout
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", self._sqlite_pragmas)
