@@ -140,7 +140,8 @@ async def test_a_pipelined_flood_is_parsed_only_as_fast_as_it_is_answered(connec
     await asyncio.sleep(0.05)
     for conn in server_connections(http_server):
         # parsed requests waiting (queue) stay bounded; the rest of the input stays raw
-        assert conn.queue is None or len(conn.queue) <= MAX_PIPELINED + 700
+        queue = conn.pipeline.queue
+        assert queue is None or len(queue) <= MAX_PIPELINED + 700
     for _ in range(count):
         response = await client.response()
         assert response.json() == {"message": "Hello, p"}

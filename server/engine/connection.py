@@ -9,7 +9,7 @@ buffer more than about one read's worth. Writes go through Output (output.py), w
 answers to pipelined requests to send them together; deadlines are the server's, armed through
 Timers (timers.py); a connection that parses no more input lingers (Linger, linger.py). What is
 left here is the part that needs all of them: routing input, moving the current request through
-its stages, the queue of pipelined requests, refusals and closing.
+its stages, the order of pipelined requests (Pipeline, pipeline.py), refusals and closing.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .flow import FlowControl
 from .linger import Linger
 from .output import HOLD_BYTES, HOLD_MAX, Output
 from .parsing import BODY_PAUSE_BYTES
+from .pipeline import MAX_PIPELINED, Pipeline
 from .reader import Reader
 from .stream import DetachedStream
 
@@ -39,10 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "Exchange", "Stage", "TLSSocket", "FEED_SLICE", "MAX_PIPELINED", "HOLD_MAX",
            "HOLD_BYTES"]
 
-# Reads longer than this are parsed a slice at a time; once this many pipelined requests wait,
-# the rest of the read stays unparsed until they are answered.
+# Reads longer than this are parsed a slice at a time; once MAX_PIPELINED requests wait, the
+# rest of the read stays unparsed until they are answered (pipeline.py).
 FEED_SLICE = 16 * 1024
-MAX_PIPELINED = 16
 
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
@@ -51,8 +51,7 @@ class Connection(asyncio.Protocol):
     """The asyncio protocol of one client connection; also the request context handlers see."""
 
     __slots__ = ("server", "timers", "flow", "reader", "transport", "remote_ip", "protocol",
-                 "address", "current", "queue", "tail", "backlog", "stream", "closing", "linger",
-                 "output")
+                 "address", "pipeline", "stream", "closing", "linger", "output")
 
     def __init__(self, server: FastHTTPServer) -> None:
         self.server = server
@@ -66,12 +65,9 @@ class Connection(asyncio.Protocol):
         self.remote_ip = "0.0.0.0"  # a Unix socket's peer has no IP (as in Tornado)
         self.protocol = server.protocol
         self.address: Any = None
-        self.current: Exchange | None = None  # the request being answered
-        self.queue: list[Exchange] | None = None  # pipelined requests after current
-        self.tail: bytearray | None = None  # input after an upgrade request's head
-        self.backlog: bytes | None = None  # input not parsed yet because requests are queued
+        self.pipeline = Pipeline()  # the requests in order, and input held back from the parser
         self.stream: DetachedStream | None = None
-        self.closing = False
+        self.closing = False  # a bool, not a state: once set, nothing more is parsed or answered
         self.linger: Linger | None = None  # set once no more input is parsed (see linger.py)
 
     def __str__(self) -> str:
@@ -101,11 +97,10 @@ class Connection(asyncio.Protocol):
             return
         if self.closing:
             return
-        if self.tail is not None:
-            self.tail += data
-            return
-        if self.backlog is not None:
-            self.backlog += data
+        pipeline = self.pipeline
+        # attribute reads, not holds_input(): this runs on every read
+        if pipeline.tail is not None or pipeline.backlog is not None:
+            pipeline.hold(data)
             return
         self.feed(data)
 
@@ -116,17 +111,18 @@ class Connection(asyncio.Protocol):
         else:
             # A read can hold thousands of tiny pipelined requests, each far bigger once parsed:
             # parse a slice at a time and keep the rest raw once enough requests are waiting.
+            pipeline = self.pipeline
             view = memoryview(data)
             size = len(view)
             pos = 0
             while pos < size:
-                if self.tail is not None:
-                    self.tail += view[pos:]
+                if pipeline.tail is not None:
+                    pipeline.hold(view[pos:])
                     break
                 if self.linger is not None or self.closing:
                     break
-                if self.queue is not None and len(self.queue) >= MAX_PIPELINED:
-                    self.backlog = bytes(view[pos:])
+                if pipeline.full():
+                    pipeline.hold_backlog(view[pos:])
                     self.flow.pause_reading()
                     break
                 self.reader.parse(self, view[pos:pos + FEED_SLICE])
@@ -147,7 +143,8 @@ class Connection(asyncio.Protocol):
         """The transport drained: wake the writers, serve a request held back."""
         self.flow.resume_writing()
         self.timers.write_flowing(self)
-        if self.current is not None and self.current.stage is HEAD:
+        ex = self.pipeline.current
+        if ex is not None and ex.stage is HEAD:
             self.advance()
 
     @property
@@ -170,8 +167,8 @@ class Connection(asyncio.Protocol):
         self.reader.stop(self)
         if self.linger is not None:
             self.linger.cancel()
-        ex = self.current
-        self.current = self.queue = None
+        ex = self.pipeline.current
+        self.pipeline.clear()
         if ex is not None and ex.delegate is not None and not ex.detached:
             delegate = ex.delegate
             ex.delegate = None
@@ -197,7 +194,8 @@ class Connection(asyncio.Protocol):
 
     def advance(self) -> None:
         """Take the current request as far as the data and the application allow."""
-        ex = self.current
+        pipeline = self.pipeline
+        ex = pipeline.current  # plain reads of current here and below: once per step of a request
         while ex is not None and ex.waiting is None and not self.closing:
             stage = ex.stage
             if stage is HEAD:
@@ -222,7 +220,7 @@ class Connection(asyncio.Protocol):
                     return
             else:
                 return
-            if self.current is not ex:
+            if pipeline.current is not ex:
                 return
 
     def dispatch(self, ex: Exchange) -> None:
@@ -261,7 +259,7 @@ class Connection(asyncio.Protocol):
             self.body_starts(ex)
 
     def _headers_settled(self, future: asyncio.Future[Any]) -> None:
-        ex = self.current
+        ex = self.pipeline.current
         if ex is None or ex.waiting is not future or self.closing:
             return
         ex.waiting = None
@@ -274,7 +272,7 @@ class Connection(asyncio.Protocol):
         if exc is None:
             return True
         if isinstance(exc, httputil.HTTPInputError):
-            ex = self.current
+            ex = self.pipeline.current
             assert ex is not None  # a settled future of the current request
             ex.error = (400, str(exc))
             self.fail(ex)
@@ -285,7 +283,7 @@ class Connection(asyncio.Protocol):
 
     def body_starts(self, ex: Exchange) -> None:
         """The delegate is ready for the body: check its size, send 100 Continue, start the timer."""
-        if ex.detached or self.closing or self.current is not ex:
+        if ex.detached or self.closing or self.pipeline.current is not ex:
             return
         if ex.length is not None and refusal_from_head(ex.length, ex.body_limit()) is not None:
             # after headers_received: a @stream_request_body handler's prepare() may have raised
@@ -356,7 +354,7 @@ class Connection(asyncio.Protocol):
                 ex.body = None
 
     def _body_settled(self, future: asyncio.Future[Any]) -> None:
-        ex = self.current
+        ex = self.pipeline.current
         if ex is None or ex.waiting is not future or self.closing:
             return
         ex.waiting = None
@@ -386,14 +384,16 @@ class Connection(asyncio.Protocol):
         """The application finished its response; close or go on with the next request."""
         server = self.server
         stage = ex.stage
-        if (self.queue is None and stage is HANDLER and ex.keep_alive and not ex.upgrade
+        pipeline = self.pipeline
+        if (pipeline.queue is None and stage is HANDLER and ex.keep_alive and not ex.upgrade
                 and not server.draining):
-            # the common case first: the connection waits for its next request
+            # the common case first: the connection waits for its next request (attributes
+            # read and written directly: a call to next() here would cost every request)
             ex.delegate = None
             ex.close_callback = None
-            self.current = None
+            pipeline.current = None
             server.request_done(self, True)  # not busy; the idle timer starts
-            if self.backlog is not None:
+            if pipeline.backlog is not None:
                 self.flow.loop.call_soon(self.next_request)
             elif self.flow.reading_paused:
                 self.maybe_resume()
@@ -406,43 +406,44 @@ class Connection(asyncio.Protocol):
         ex.delegate = None
         ex.close_callback = None
         if ex.upgrade:
-            self.current = None
+            pipeline.drop(ex)
             # detach() may follow right after finish() (WebSocket): decide on the next tick
             self.flow.loop.call_soon(self.after_upgrade, ex.keep_alive)
             return
-        queue = self.queue
-        if not ex.keep_alive or server.draining or queue is None:
-            self.current = None
-            self.close_transport(linger=queue is not None or self.reader.parsing is not None)
+        queued = pipeline.queue is not None
+        if not ex.keep_alive or server.draining or not queued:
+            pipeline.drop(ex)
+            self.close_transport(linger=queued or self.reader.parsing is not None)
             return
-        self.current = queue.pop(0)
-        if not queue:
-            self.queue = None
+        pipeline.next()
         self.flow.loop.call_soon(self.next_request)
 
     def next_request(self) -> None:
         """Serve a pipelined request once the previous response is out."""
         if self.closing:
             return
-        ex = self.current
+        pipeline = self.pipeline
+        ex = pipeline.current
         if ex is not None and not ex.head_done:
             self.timers.idle(self)
-        backlog = self.backlog
-        if backlog is not None and (self.queue is None or len(self.queue) < MAX_PIPELINED // 2):
-            self.backlog = None
+        # runs for every pipelined request: the backlog is read before room() is asked
+        if pipeline.backlog is not None and pipeline.room():
+            backlog = pipeline.take_backlog()
+            assert backlog is not None
             self.feed(backlog)  # advances too
         else:
             self.advance()
-        if self.output.held is not None and self.current is not None:
+        ex = pipeline.current
+        if self.output.held is not None and ex is not None:
             # runs after the first step of the handler just started: still unanswered by then
             # (it waits on something), the responses before it go out now
-            self.flow.loop.call_soon(self.release_held, self.current)
+            self.flow.loop.call_soon(self.release_held, ex)
         if self.flow.reading_paused:
             self.maybe_resume()
 
     def release_held(self, ex: Exchange) -> None:
         """The handler of ``ex`` is still at work: what is held goes out without waiting for it."""
-        if self.current is ex and not ex.finished:
+        if self.pipeline.current is ex and not ex.finished:
             self.output.flush()
 
     def after_upgrade(self, keep_alive: bool) -> None:
@@ -452,8 +453,7 @@ class Connection(asyncio.Protocol):
         if not keep_alive or self.server.draining:
             self.close_transport(linger=True)
             return
-        tail = self.tail
-        self.tail = None
+        tail = self.pipeline.take_tail()
         self.timers.idle(self)
         self.maybe_resume()
         if tail:
@@ -507,7 +507,7 @@ class Connection(asyncio.Protocol):
         """The idle/head timer or the body timer ran out."""
         if self.closing:
             return
-        ex = self.current
+        ex = self.pipeline.current
         if reading_body and ex is not None:
             ex.error = (408, "the request body did not arrive in time")
             self.fail(ex)
@@ -518,12 +518,13 @@ class Connection(asyncio.Protocol):
 
     def maybe_resume(self) -> None:
         """Read again once nothing we hold is waiting on the application."""
-        if (not self.flow.reading_paused or self.tail is not None or self.backlog is not None):
+        pipeline = self.pipeline
+        if not self.flow.reading_paused or pipeline.holds_input():
             return
         if self.linger is None:
-            if self.queue is not None:
+            if pipeline.queue is not None:
                 return
-            ex = self.current
+            ex = pipeline.current
             if ex is not None and ex.body_bytes > BODY_PAUSE_BYTES:
                 return
         self.flow.resume_reading()
@@ -534,13 +535,12 @@ class Connection(asyncio.Protocol):
         """Hand the connection over to a stream; HTTP processing stops here."""
         self.output.flush()
         self.server.detached(self)
-        self.current = self.queue = None
+        self.pipeline.clear()
         self.reader.stop(self)
         transport = self.transport
         assert transport is not None  # detach() is called from a handler of an open connection
         stream = self.stream = DetachedStream(self, self.flow, transport)
-        tail = self.tail
-        self.tail = None
+        tail = self.pipeline.take_tail()
         if tail:
             stream.feed(tail)
         self.flow.resume_reading()
@@ -563,7 +563,7 @@ class Connection(asyncio.Protocol):
             if self.linger is None:
                 self.linger = Linger()
             self.linger.start(self.flow.loop, self.abort)
-            self.tail = None
+            self.pipeline.take_tail()  # thrown away: nobody takes the connection over now
             self.flow.resume_reading()
             return
         transport.close()
@@ -607,8 +607,9 @@ class Connection(asyncio.Protocol):
         """
         if self.closing or self.transport is None:
             raise StreamClosedError()
-        if self.current is not None:
-            self.current.started = True  # no refusal may be written over it
+        ex = self.pipeline.current
+        if ex is not None:
+            ex.started = True  # no refusal may be written over it
         self.output.send(data)
         return self.flow.write_future()
 

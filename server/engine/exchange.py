@@ -173,7 +173,7 @@ class Exchange(httputil.HTTPConnection):
             else:
                 data += self._frame(chunk)
         # a whole response with pipelined requests queued after it: held, to go out with theirs
-        conn.output.send(data, conn.queue is not None and self.remaining == 0
+        conn.output.send(data, conn.pipeline.queue is not None and self.remaining == 0
                          and len(data) <= HOLD_BYTES)
         return flow.done if not flow.writing_paused else flow.write_future()
 
@@ -207,7 +207,7 @@ class Exchange(httputil.HTTPConnection):
         if self.chunking and open_:
             conn.output.send(b"0\r\n\r\n")
         self.finished = True
-        if conn.current is self and not self.detached:
+        if conn.pipeline.current is self and not self.detached:  # a read, not a call: every request
             conn.response_done(self)
 
 

@@ -108,14 +108,12 @@ class ParserSink:
         # reads (or one llhttp refuses) belongs to a known request
         conn = self.conn
         ex = self.ex = self.reader.parsing = self.exchange(conn)
-        if conn.current is None:
-            conn.current = ex
+        pipeline = conn.pipeline
+        if pipeline.current is None:
+            pipeline.current = ex  # every request: set here, not through enqueue()'s call
         else:
             # pipelined: it waits until the responses before it are out
-            if conn.queue is None:
-                conn.queue = [ex]
-            else:
-                conn.queue.append(ex)
+            pipeline.enqueue(ex)
             conn.flow.pause_reading()
 
     def _url(self, url: bytes) -> None:

@@ -85,7 +85,7 @@ class Reader:
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            conn.tail = bytearray(data[exc.args[0]:])
+            conn.pipeline.start_tail(data[exc.args[0]:])
             conn.flow.pause_reading()
         except httptools.HttpParserInvalidMethodError as exc:
             try:
@@ -190,12 +190,7 @@ class Reader:
 
     def drop_exchange(self, conn: Connection, ex: Exchange) -> None:
         """Forget an exchange whose message will be parsed again."""
-        if conn.current is ex:
-            conn.current = None
-        elif conn.queue is not None and ex in conn.queue:
-            conn.queue.remove(ex)
-            if not conn.queue:
-                conn.queue = None
+        conn.pipeline.drop(ex)
         if self.parsing is ex:
             self.parsing = None
 
@@ -219,12 +214,7 @@ class Reader:
         ex = self.parsing
         if ex is None:
             ex = Exchange(conn)
-            if conn.current is None:
-                conn.current = ex
-            elif conn.queue is None:
-                conn.queue = [ex]
-            else:
-                conn.queue.append(ex)
+            conn.pipeline.enqueue(ex)
         ex.error = (status, detail)
         self.parsing = None
         conn.discard_input()
