@@ -110,12 +110,6 @@ class Deadlines(Generic[K]):
         if mark is not None:
             self.marks[key] = mark
 
-    def restart(self, key: K, now: float) -> None:
-        """arm(key, now) for a kind with one timeout and no marks: the per-request path's call."""
-        due = self.due
-        due.pop(key, None)
-        due[key] = now + self.timeout
-
     def disarm(self, key: K) -> None:
         """Stop key's timer (no-op when it is not running)."""
         if self.due.pop(key, None) is not None and self.marks:

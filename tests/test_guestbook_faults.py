@@ -66,9 +66,11 @@ def server_settings(request, server_settings):
     if "redis" in request.node.name:
         return server_settings.replace(cache_url=request.getfixturevalue("redis_url"),
                                        cache_pool_size=REDIS_POOL, post_rate=None)
-    if "database" in request.node.name:
+    if "db_pool_size" in request.node.name:  # a burst of posts from one client: no post rate
         return server_settings.replace(db_url=request.getfixturevalue("postgres_url"),
                                        db_pool_size=DB_POOL, post_rate=None)
+    if "database" in request.node.name:
+        return server_settings.replace(db_url=request.getfixturevalue("postgres_url"))
     return server_settings
 
 

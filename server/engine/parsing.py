@@ -108,12 +108,8 @@ class ParserSink:
         # reads (or one llhttp refuses) belongs to a known request
         conn = self.conn
         ex = self.ex = self.reader.parsing = self.exchange(conn)
-        pipeline = conn.pipeline
-        if pipeline.current is None:
-            pipeline.current = ex  # every request: set here, not through enqueue()'s call
-        else:
+        if conn.pipeline.enqueue(ex):
             # pipelined: it waits until the responses before it are out
-            pipeline.enqueue(ex)
             conn.flow.pause_reading()
 
     def _url(self, url: bytes) -> None:

@@ -404,7 +404,7 @@ class FastHTTPServer(HTTPServer):
         """Its response is out (or it was refused): not busy; with idle, the idle timer starts."""
         self.busy.discard(conn)
         if idle:
-            self.idle_timer.restart(conn, monotonic())
+            self.idle(conn)
 
     def head_started(self, conn: Connection) -> None:
         """Part of a request head arrived: unless its timer runs already, header_timeout starts."""
@@ -428,7 +428,7 @@ class FastHTTPServer(HTTPServer):
 
     def idle(self, conn: Connection) -> None:
         """The connection now waits for a request head (the idle/head timer starts)."""
-        self.idle_timer.restart(conn, monotonic())
+        self.idle_timer.arm(conn, monotonic())
 
     def head_arrived(self, conn: Connection) -> None:
         """A complete request head arrived: the idle/head timer stops."""
