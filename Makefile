@@ -51,7 +51,7 @@ lint: .make-test.stamp
 # Debian packages the full test suite drives (CI installs them; root only).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx slowhttptest
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk postgresql redis-server nginx slowhttptest valgrind
 
 clean:
 	rm -rf $(VENV) .make-*.stamp .pytest_cache .mypy_cache .ruff_cache

@@ -34,12 +34,13 @@ class Server:
     """One server subprocess (``python ARGV``) on 127.0.0.1; ``url`` once its ready line is read."""
 
     def __init__(self, key: str, argv: list[str], log_path: Path, cpus: set[int] | None,
-                 cwd: Path = ROOT) -> None:
+                 cwd: Path = ROOT, wrap: list[str] | None = None) -> None:
         self.key, self.argv, self.log_path, self.url = key, argv, log_path, ""
         self._reader: threading.Thread | None = None
         self.log = open(log_path, "wb")  # stderr: the access log and any traceback
-        # `python -m` imports from cwd first: another checkout's cwd serves that checkout's code
-        self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
+        # `python -m` imports from cwd first: another checkout's cwd serves that checkout's code;
+        # ``wrap`` runs python under another program in the same process (valgrind)
+        self.proc = subprocess.Popen([*(wrap or ()), sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=self.log, stdin=subprocess.DEVNULL, text=True,
                                      preexec_fn=_preexec(cpus))
 

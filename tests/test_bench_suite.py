@@ -1,10 +1,12 @@
 """``make bench`` (python -m bench.suite) end to end with tiny runs, and its BENCHMARKS.md block."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from bench.suite_report import BEGIN, END, write_block
+from helpers import require
 
 ROOT = Path(__file__).resolve().parent.parent
 KEPT = "## Load generator vs wrk (issue 3)"
@@ -120,5 +122,23 @@ def test_techempower_against_a_git_ref_measures_both_in_one_run(tmp_path):
     text = markdown.read_text()
     assert "itself at `HEAD` (before/after, same run)" in text
     assert "| json | fast | **" in text
+    trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert "against" not in trees.stdout
+
+
+def test_instructions_counts_the_same_code_the_same_per_request(tmp_path):
+    """python -m bench.instructions --against HEAD: both servers run under callgrind, every
+    counted request is answered 200, and the same code at both ends counts within 10 %."""
+    require(shutil.which("valgrind") is not None, "valgrind (apt-get install valgrind)")
+    out = tmp_path / "instructions.json"
+    cmd = [sys.executable, "-m", "bench.instructions", "--against", "HEAD", "--types", "json",
+           "--engines", "tornado", "--requests", "40", "--connections", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(out.read_text())["instructions_per_request"]["json"]
+    assert set(counts) == {"project-tornado", "ref-tornado"}
+    assert counts["project-tornado"] > 10_000  # a request is thousands of bytecodes
+    assert 0.9 < counts["ref-tornado"] / counts["project-tornado"] < 1.1
+    assert "| json | " in proc.stdout and "before ÷ after" in proc.stdout
     trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
     assert "against" not in trees.stdout
