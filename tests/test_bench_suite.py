@@ -142,3 +142,17 @@ def test_instructions_counts_the_same_code_the_same_per_request(tmp_path):
     assert "| json | " in proc.stdout and "before ÷ after" in proc.stdout
     trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
     assert "against" not in trees.stdout
+
+
+def test_app_cpu_tfb_runs_the_handler_without_an_engine():
+    """python -m bench.app_cpu --tfb json: TFB's /json through the Application alone, every
+    request answered (a handler that raised would log and the CPU figure would be missing)."""
+    cmd = [sys.executable, "-m", "bench.app_cpu", "--tfb", "json", "--rounds", "2",
+           "--requests", "300"]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["variants"] == {"tfb-json": "/json"}
+    assert len(result["samples"]["tfb-json"]) == 2
+    assert all(us > 0 for us in result["samples"]["tfb-json"])
+    assert "Uncaught exception" not in proc.stderr and "Traceback" not in proc.stderr
