@@ -196,7 +196,8 @@ class ServerRuntime:
             # the launcher's access log; an application's own log_function is still called
             own = app.settings.get("log_function")
             app.settings["log_function"] = observer if own is None else chain(observer, own)
-            app.transforms.append(BodySize)
+            if observer.writer is not None:  # the body size is for the access log's lines alone
+                app.transforms.append(BodySize)
         self.refusals = RefusalHandler(record=observer.refused)
 
     async def start(self, http_sockets: list[socket.socket],
