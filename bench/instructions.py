@@ -10,10 +10,11 @@ not counted.
 
 Why: on this shared two-core machine the req/s of one round of the database types drifts by a
 factor of two between rounds, so a 2 % change in what the server does per request is invisible
-in wrk's numbers. Callgrind's count of the same requests repeats to about 0.1 %. It counts
-instructions, not time (a cache miss or a system call costs one instruction here), so it
-tells whether the code does more or less work per request; req/s in ``make bench`` stays the
-measure of speed. ``--baselines stock,aiohttp`` adds the TFB baselines of ``bench/baselines/``.
+in wrk's numbers. Callgrind's count of the same requests repeats to about 0.5 %. It counts
+user-space instructions, not time (a cache miss costs nothing extra, a system call's work in the
+kernel is not counted), so it tells whether the code does more or less work per request; req/s
+in ``make bench`` stays the measure of speed. ``--baselines stock,aiohttp`` adds the TFB
+baselines of ``bench/baselines/``.
 """
 from __future__ import annotations
 
@@ -31,16 +32,11 @@ from urllib.parse import urlsplit
 from . import techempower
 from .pgserver import PostgresServer
 from .suite_servers import ROOT, Server, stop_all
-from .suite_techempower import BASELINES, TYPES, checkout, remove_checkout
+from .suite_techempower import BASELINES, TYPES, checkout, project_argv, remove_checkout
 
 CALLGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
 REQUEST_TIMEOUT = 120.0  # seconds per request: a server under callgrind runs ~50x slower
 READY_TIMEOUT = 300.0
-
-
-def server_argv(engine: str, data_dir: Path) -> list[str]:
-    return ["-m", "server", "--port", "0", "--engine", engine, "--access-log", "off",
-            "--data-dir", str(data_dir), "--app", "bench.techempower:make_app"]
 
 
 async def _one_connection(host: str, port: int, path: str, count: int, statuses: dict) -> None:
@@ -158,18 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     os.chmod(tmp, 0o755)  # PostgreSQL, running as its own user, keeps its cluster in here
     pg = PostgresServer(tmp / "pg")
-    pg.start()
     counted: dict[str, Counted] = {}
     tree = tmp / "against"
     try:
+        pg.start()
         os.environ[techempower.DB_ENV] = pg.create_database("tfb")
         if a.against:
             checkout(a.against, tree)
         for e in engines:
-            counted[f"project-{e}"] = Counted(f"project-{e}", server_argv(e, tmp / f"data-{e}"),
+            # the servers python -m bench.suite --only techempower measures, command for command
+            counted[f"project-{e}"] = Counted(f"project-{e}", project_argv(e, tmp / f"data-{e}"),
                                               tmp, ROOT)
             if a.against:
-                counted[f"ref-{e}"] = Counted(f"ref-{e}", server_argv(e, tmp / f"data-ref-{e}"),
+                counted[f"ref-{e}"] = Counted(f"ref-{e}", project_argv(e, tmp / f"data-ref-{e}"),
                                               tmp, tree)
         for b in baselines:
             counted[b] = Counted(b, BASELINES[b], tmp, ROOT)

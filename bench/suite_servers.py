@@ -40,8 +40,9 @@ class Server:
         self.log = open(log_path, "wb")  # stderr: the access log and any traceback
         # `python -m` imports from cwd first: another checkout's cwd serves that checkout's code;
         # ``wrap`` runs python under another program in the same process (valgrind)
-        self.proc = subprocess.Popen([*(wrap or ()), sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=self.log, stdin=subprocess.DEVNULL, text=True,
+        self.proc = subprocess.Popen([*(wrap or ()), sys.executable, *argv], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=self.log,
+                                     stdin=subprocess.DEVNULL, text=True,
                                      preexec_fn=_preexec(cpus))
 
     @property
