@@ -139,9 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tfb:
         variants = {f"tfb-{args.tfb}": TFB_PATHS[args.tfb]}
         import uvloop  # the event loop python -m server runs the fast engine on (--loop auto)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            samples = {f"tfb-{args.tfb}": runner.run(measure_tfb(TFB_PATHS[args.tfb], args.rounds,
-                                                                 args.requests))}
+        samples = {f"tfb-{args.tfb}": uvloop.run(measure_tfb(TFB_PATHS[args.tfb], args.rounds,
+                                                             args.requests))}
     else:
         variants = dict(VARIANTS)
         samples = asyncio.run(measure(args.rounds, args.requests))
